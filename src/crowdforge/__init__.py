@@ -1,0 +1,1 @@
+"""crowdforge: collaborative training on crowdsourced data."""
