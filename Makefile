@@ -1,0 +1,49 @@
+# Two commands: `make run` (set-up + the demo pipeline) and `make test` (set-up + the test suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-10)
+
+export PATH := $(BIN):$(PATH)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export PREFECT_HOME := $(abspath .crowdforge/prefect)
+
+.PHONY: setup run data test repro ui prefect-ui clean
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP)  ## the pinned environment in .venv
+
+data: setup  ## demo data (if data/raw holds none), versioned with DVC
+	crowdforge demo-data
+	dvc add -q data/raw
+	dvc push -q
+
+run: data  ## the Prefect flow collaborative_training on the embedded defaults
+	crowdforge run
+
+test: setup  ## the test suite (includes the whole flow and `dvc repro` on tiny data)
+	pytest -q
+
+repro: data  ## the same stages through DVC
+	dvc repro
+
+ui: setup  ## MLflow UI on http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+prefect-ui: setup  ## Prefect UI on http://127.0.0.1:4200 (runs of `make run` are in .crowdforge/prefect)
+	prefect server start --host 127.0.0.1 --port 4200
+
+clean:  ## remove generated data, models, reports and the local stores (keeps .venv)
+	rm -rf data models reports mlflow.db mlartifacts .crowdforge .dvc-remote dvc.lock

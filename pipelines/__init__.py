@@ -1,0 +1,1 @@
+"""Prefect flows: thin wiring around the agents in crowdforge.agents."""

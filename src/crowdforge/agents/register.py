@@ -1,0 +1,120 @@
+"""register: log the run to MLflow with full lineage, register the ensemble, alias it ``challenger``.
+
+Idempotent: an ensemble whose files hash to an already registered version is not registered
+again; that version just receives the ``challenger`` alias.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from crowdforge import io
+from crowdforge.config import Params
+from crowdforge.paths import Paths
+from crowdforge.reports import write_report
+
+REPORT_STAGES = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")
+DATA_PATHS = ["data/raw", "data/interim/accepted.parquet", "data/processed/labels.parquet",
+              "data/processed/train_augmented.parquet", "data/reputation/ledger.parquet"]
+
+
+def flatten_params(params: Params) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for section, values in params.to_dict().items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+    return out
+
+
+def report_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Every numeric scalar of every report, as ``<stage>.<key>``."""
+    return {f"{stage}.{k}": float(v) for stage, rep in reports.items() for k, v in rep.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _signature(classes: list[str]):
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    out = pd.DataFrame({"label": [classes[0]], "confidence": [1.0], **{f"prob_{c}": [0.0] for c in classes}})
+    return infer_signature(pd.DataFrame({"text": ["an example"]}), out)
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "torch", "transformers", "pandas", "numpy")]
+
+
+def find_version_by_tag(client: Any, model_name: str, key: str, value: str) -> Any | None:
+    for mv in client.search_model_versions(f"name = '{model_name}'"):
+        if mv.tags.get(key) == value:
+            return mv
+    return None
+
+
+def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[str, Any]:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from crowdforge.registry.lineage import data_versions, git_state, md5_path
+    from crowdforge.registry.tracking import connect
+
+    experiment_id = connect(params, paths)
+    client = MlflowClient()
+    name = params.register.model_name
+    reports = {s: io.read_json(paths.report(s)) for s in REPORT_STAGES if paths.report(s).exists()}
+    ensemble_report = reports.get("ensemble", {})
+    ensemble_md5 = md5_path(paths.ensemble)
+    flow_run_id = flow_run_id or os.environ.get("PREFECT__FLOW_RUN_ID", "")
+
+    existing = None
+    try:
+        client.get_registered_model(name)
+        existing = find_version_by_tag(client, name, "ensemble_md5", ensemble_md5)
+    except mlflow.exceptions.MlflowException:
+        pass
+
+    if existing is not None:
+        version, run_id, new = existing.version, existing.run_id, False
+    else:
+        lineage = {**git_state(paths.root), "prefect_flow_run_id": flow_run_id or "none",
+                   "ensemble_md5": ensemble_md5}
+        versions = data_versions(paths.root, DATA_PATHS)
+        classes = list(params.data.classes)
+        with mlflow.start_run(experiment_id=experiment_id, run_name="collaborative_training") as active:
+            mlflow.set_tags({**lineage, **{f"data.{k}": v["md5"] for k, v in versions.items()}})
+            mlflow.log_params(flatten_params(params))
+            mlflow.log_metrics(report_metrics(reports))
+            mlflow.log_dict(versions, "lineage/data_versions.json")
+            mlflow.log_artifacts(str(paths.reports), artifact_path="reports")
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(__file__).resolve().parents[1] / "registry" / "pyfunc_model.py"),
+                artifacts={"ensemble": str(paths.ensemble)},
+                code_paths=[str(Path(__file__).resolve().parents[1])],
+                signature=_signature(classes),
+                pip_requirements=_requirements(),
+                registered_model_name=name,
+            )
+            run_id = active.info.run_id
+        version = str(info.registered_model_version)
+        new = True
+        tags = {**lineage, "test_set_hash": str(ensemble_report.get("test_set_hash", "")),
+                "test_accuracy": str(ensemble_report.get("test_accuracy", "")),
+                "test_macro_f1": str(ensemble_report.get("test_macro_f1", "")),
+                "run_id": run_id}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    client.set_registered_model_alias(name, "challenger", version)
+
+    metrics = {"model_name": name, "version": int(version), "new_version": new, "run_id": run_id,
+               "model_uri": f"models:/{name}/{version}",
+               "test_accuracy": ensemble_report.get("test_accuracy")}
+    verb = "registered new" if new else "reused already registered"
+    md = (f"## register\n\n{verb} version **{version}** of `{name}` (alias `challenger`), "
+          f"MLflow run `{run_id}`, ensemble md5 `{ensemble_md5}`.\n")
+    return write_report(paths, "register", metrics, md)

@@ -1,0 +1,208 @@
+"""The ``crowdforge`` command. Thin wiring only; heavy libraries are imported inside commands."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from crowdforge.runtime import configure_environment
+
+configure_environment()
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Train models you can trust on data that many people contribute.")
+
+ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
+RootOpt = Annotated[Path, typer.Option("--root", help="Project folder holding data/, models/, reports/.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="Override a param: section.key=value (YAML value).")]
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected section.key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _load(params_file: Path, root: Path, overrides: list[str] | None):
+    from crowdforge.config import ParamsError, load_params
+    from crowdforge.paths import Paths
+
+    try:
+        return load_params(params_file, parse_overrides(overrides)), Paths(root.resolve())
+    except ParamsError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Re-run every stage even if its inputs did not change.")] = False,
+) -> None:
+    """Run the Prefect flow `collaborative_training` through every agent, then the promotion gate."""
+    p, paths = _load(params, root, set_)  # fail fast on a bad params file
+    import os
+
+    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(paths.cache / "prefect-results"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from pipelines.collaborative_training import build_flow
+    from pipelines.summary import format_summary
+
+    result = build_flow(p)(params_file=str(params.resolve()), root=str(paths.root),
+                           overrides=parse_overrides(set_), force=force)
+    from crowdforge import io
+
+    io.write_json(paths.reports / "summary.json", result)
+    typer.echo(format_summary(result))
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help="ingest|validate|reputation|augment|pretrain|finetune|ensemble|register|promote")],
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """Run one stage without Prefect (what dvc.yaml calls)."""
+    from crowdforge.stages import STAGES
+
+    if name not in STAGES:
+        _fail(f"unknown stage {name!r}; choose from {', '.join(STAGES)}")
+    p, paths = _load(params, root, set_)
+    from crowdforge.runtime import set_torch_threads
+
+    set_torch_threads(p.runtime.torch_threads) if name in ("pretrain", "finetune", "ensemble") else None
+    if name == "promote":
+        from crowdforge.registry.promote import promote as do_promote
+
+        report = do_promote(p, paths)
+    else:
+        report = importlib.import_module(f"crowdforge.agents.{name}").run(p, paths)
+    typer.echo(report.get("summary_md", json.dumps(report, indent=2, default=str)))
+
+
+@app.command("demo-data")
+def demo_data(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Overwrite data/raw if it already holds data.")] = False,
+) -> None:
+    """Generate the seeded simulated crowd under data/raw/ (skipped when data/raw holds data)."""
+    p, paths = _load(params, root, set_)
+    if paths.raw.exists() and any(paths.raw.iterdir()) and not force:
+        typer.echo(f"{paths.raw} already holds data; left as is (use --force to regenerate).")
+        return
+    from crowdforge.simulate.demo import write_demo_data
+
+    summary = write_demo_data(paths, p, force=force)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command("simulate-crowd")
+def simulate_crowd(
+    gold_file: Annotated[Path, typer.Argument(help="Gold-labelled text: CSV/TSV/Parquet with text,label, or SST lines '<label> <text>'.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write contributions/, gold.csv and the contributor truth table.")],
+    n_contributors: Annotated[int, typer.Option(help="Number of simulated contributors.")] = 40,
+    labels_per_item: Annotated[int, typer.Option(help="Labels per item (0 = 1 to 5 at random).")] = 3,
+    spammer_share: Annotated[float, typer.Option(help="Share of spammers.")] = 0.2,
+    adversary_share: Annotated[float, typer.Option(help="Share of adversaries.")] = 0.1,
+    max_items: Annotated[int, typer.Option(help="Use at most this many items (0 = all).")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Simulate a crowd on any gold-labelled text file (for benchmarks on real text)."""
+    from crowdforge.simulate.crowd import simulate_crowd_from_file
+
+    try:
+        summary = simulate_crowd_from_file(
+            gold_file, out_dir, n_contributors=n_contributors,
+            labels_per_item=labels_per_item or (1, 5), spammer_share=spammer_share,
+            adversary_share=adversary_share, max_items=max_items or None, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def promote(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """Champion/challenger gate on the frozen gold test split; records the decision on the version."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.registry.promote import promote as do_promote
+
+    report = do_promote(p, paths)
+    typer.echo(report["summary_md"])
+
+
+@app.command()
+def predict(
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[Optional[Path], typer.Option("--file", help="A text file (one text per line) or CSV/Parquet with a `text` column.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write predictions to this CSV/Parquet instead of printing.")] = None,
+    model_uri: Annotated[Optional[str], typer.Option(help="Default: models:/<register.model_name>@champion.")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """Labels and class probabilities from the registered model (default `@champion`)."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.registry.predict import PredictError, predict_texts, read_texts
+
+    try:
+        all_texts = list(texts or []) + (read_texts(file) if file else [])
+        if not all_texts:
+            _fail("give texts as arguments or --file")
+        df = predict_texts(p, paths, all_texts, model_uri=model_uri)
+    except PredictError as exc:
+        _fail(str(exc))
+    if out:
+        from crowdforge import io
+        from crowdforge.safety import neutralise_formulas
+
+        if out.suffix == ".parquet":
+            io.write_parquet(out, df)
+        else:
+            io.write_text(out, neutralise_formulas(df).to_csv(index=False))
+        typer.echo(f"wrote {len(df)} predictions to {out}")
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_colwidth", 60, "display.width", 160):
+            typer.echo(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+
+
+@app.command("dvc-yaml", hidden=True)
+def dvc_yaml_cmd(out: Annotated[Path, typer.Option(help="Where to write.")] = Path("dvc.yaml")) -> None:
+    """Regenerate dvc.yaml from crowdforge.stages (developers)."""
+    import yaml
+
+    from crowdforge import io
+    from crowdforge.stages import dvc_yaml
+
+    header = "# Generated by `crowdforge dvc-yaml` from src/crowdforge/stages.py; edit that, not this.\n"
+    io.write_text(out, header + yaml.safe_dump(dvc_yaml(), sort_keys=False, width=120))
+    typer.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

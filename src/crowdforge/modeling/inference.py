@@ -1,0 +1,232 @@
+"""The shipped ensemble: load it from one folder and predict class probabilities for raw texts.
+
+This module is what the MLflow pyfunc wraps and serves, so it depends only on torch,
+transformers, numpy and pandas (never on ``crowdforge.config`` or the agents).
+
+Every member is a mean-pooled transformer encoder followed by a linear head. Members that share
+an encoder (the ``head`` members all use the pretrained encoder) share one forward pass. The
+ensemble probability is ``p(y|x) = sum_k w_k softmax(z_k(x) / T_k)`` with member weights ``w`` on
+the simplex and per-member temperatures ``T_k > 0`` (temperature scaling, Guo et al. 2017,
+"On Calibration of Modern Neural Networks").
+
+Folder layout (``ensemble.json`` is the index)::
+
+    ensemble.json           classes, max_length, members (name, encoder key, head file, T, w)
+    tokenizer/              one tokenizer (every member derives from the same backbone)
+    encoders/<key>/         each distinct encoder once (save_pretrained, loadable by AutoModel)
+    heads/<i>-<name>.safetensors   {"weight": (C, H), "bias": (C,)}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+FORMAT = "crowdforge-ensemble/1"
+
+
+def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average the token vectors of the real (non-padding) tokens: the sentence-transformers pooling."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden.dtype)
+    return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+def length_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Index batches of texts of similar length (less padding -> faster CPU forward passes)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def encode_texts(
+    encoder: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    max_length: int,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Mean-pooled embeddings ``(n, hidden)`` float32, in the order of ``texts``; no grad, eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    hidden = int(encoder.config.hidden_size)
+    out = np.zeros((len(texts), hidden), dtype=np.float32)
+    try:
+        for idx in length_batches(texts, batch_size):
+            batch = tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True,
+                max_length=max_length, return_tensors="pt",
+            )
+            h = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+            out[idx] = mean_pool(h, batch["attention_mask"]).float().numpy()
+    finally:
+        encoder.train(was_training)
+    return out
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+@dataclass
+class Member:
+    """One linear head on top of one of the ensemble's encoders."""
+
+    name: str
+    encoder: str  # key into Ensemble.encoders
+    weight: np.ndarray  # (C, H) float32
+    bias: np.ndarray  # (C,) float32
+    temperature: float = 1.0
+    ensemble_weight: float = 1.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def logits(self, embeddings: np.ndarray) -> np.ndarray:
+        return embeddings @ self.weight.T + self.bias
+
+
+class Ensemble:
+    """Weighted, temperature-scaled average of mean-pooled-encoder + linear-head members."""
+
+    def __init__(
+        self,
+        classes: Sequence[str],
+        tokenizer: Any,
+        encoders: dict[str, torch.nn.Module],
+        members: Sequence[Member],
+        max_length: int,
+        batch_size: int = 64,
+    ) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        for m in members:
+            if m.encoder not in encoders:
+                raise ValueError(f"member {m.name!r} uses unknown encoder {m.encoder!r}")
+            if m.weight.shape[0] != len(classes):
+                raise ValueError(f"member {m.name!r} has {m.weight.shape[0]} outputs, not {len(classes)}")
+        self.classes: list[str] = list(classes)
+        self.tokenizer = tokenizer
+        self.encoders = encoders
+        self.members: list[Member] = list(members)
+        self.max_length = int(max_length)
+        self.batch_size = int(batch_size)
+        for enc in self.encoders.values():
+            enc.eval()
+
+    # --- prediction -------------------------------------------------------------------------
+    def embeddings(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """One forward pass per distinct encoder that some member uses."""
+        used = {m.encoder for m in self.members}
+        return {
+            key: encode_texts(enc, self.tokenizer, list(texts), self.max_length, self.batch_size)
+            for key, enc in self.encoders.items()
+            if key in used
+        }
+
+    def member_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Uncalibrated logits ``(n, C)`` of every member."""
+        emb = self.embeddings(texts)
+        return {m.name: m.logits(emb[m.encoder]) for m in self.members}
+
+    def combine(self, logits: dict[str, np.ndarray]) -> np.ndarray:
+        """``sum_k w_k softmax(z_k / T_k)`` with the weights renormalised to sum to one."""
+        w = np.array([m.ensemble_weight for m in self.members], dtype=np.float64)
+        w = w / w.sum()
+        probs = sum(
+            wk * softmax(logits[m.name].astype(np.float64) / m.temperature)
+            for wk, m in zip(w, self.members)
+        )
+        return np.asarray(probs)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities ``(n, C)`` in the order of :attr:`classes`."""
+        texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, len(self.classes)))
+        return self.combine(self.member_logits(texts))
+
+    def predict(self, texts: Sequence[str]) -> pd.DataFrame:
+        """``label``, ``confidence`` and one ``prob_<class>`` column per class."""
+        probs = self.predict_proba(texts)
+        top = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+        df = pd.DataFrame(
+            {
+                "label": [self.classes[i] for i in top],
+                "confidence": probs.max(axis=1) if len(probs) else np.zeros(0),
+            }
+        )
+        for j, c in enumerate(self.classes):
+            df[f"prob_{c}"] = probs[:, j]
+        return df
+
+    # --- persistence ------------------------------------------------------------------------
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write a self-contained folder (see the module docstring). ``path`` should be empty."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        used = sorted({m.encoder for m in self.members})
+        for key in used:
+            self.encoders[key].save_pretrained(path / "encoders" / key)
+        (path / "heads").mkdir(exist_ok=True)
+        members_json = []
+        for i, m in enumerate(self.members):
+            head = f"heads/{i:02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', m.name)}.safetensors"
+            save_file(
+                {"weight": np.ascontiguousarray(m.weight, dtype=np.float32),
+                 "bias": np.ascontiguousarray(m.bias, dtype=np.float32)},
+                str(path / head),
+            )
+            members_json.append(
+                {"name": m.name, "encoder": m.encoder, "head": head,
+                 "temperature": float(m.temperature), "weight": float(m.ensemble_weight), "meta": m.meta}
+            )
+        index = {
+            "format": FORMAT,
+            "classes": self.classes,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "tokenizer": "tokenizer",
+            "encoders": {key: f"encoders/{key}" for key in used},
+            "members": members_json,
+            "weights": {m.name: float(m.ensemble_weight) for m in self.members},
+            "temperatures": {m.name: float(m.temperature) for m in self.members},
+            **(extra or {}),
+        }
+        (path / "ensemble.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+
+def load_ensemble(path: str | Path) -> Ensemble:
+    """Load a folder written by :meth:`Ensemble.save` (offline: local files only)."""
+    from safetensors.numpy import load_file
+    from transformers import AutoModel, AutoTokenizer
+
+    path = Path(path)
+    index = json.loads((path / "ensemble.json").read_text(encoding="utf-8"))
+    if index.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} folder (format={index.get('format')!r})")
+    tokenizer = AutoTokenizer.from_pretrained(path / index["tokenizer"], local_files_only=True)
+    encoders = {
+        key: AutoModel.from_pretrained(path / rel, local_files_only=True).eval()
+        for key, rel in index["encoders"].items()
+    }
+    members = []
+    for m in index["members"]:
+        head = load_file(str(path / m["head"]))
+        members.append(
+            Member(name=m["name"], encoder=m["encoder"], weight=head["weight"], bias=head["bias"],
+                   temperature=float(m["temperature"]), ensemble_weight=float(m["weight"]),
+                   meta=m.get("meta", {}))
+        )
+    return Ensemble(index["classes"], tokenizer, encoders, members, index["max_length"],
+                    index.get("batch_size", 64))

@@ -1,0 +1,1 @@
+"""MLflow tracking and registry: connecting, lineage, the pyfunc model, promotion and prediction."""

@@ -1,0 +1,46 @@
+"""Batch prediction from a registered model (default ``@champion``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from crowdforge.config import Params
+from crowdforge.paths import Paths
+
+
+class PredictError(RuntimeError):
+    pass
+
+
+def read_texts(file: Path) -> list[str]:
+    """A ``.txt`` file (one text per line) or a CSV/Parquet/JSONL file with a ``text`` column."""
+    if not file.exists():
+        raise PredictError(f"{file}: no such file")
+    suffix = file.suffix.lower()
+    if suffix in (".txt", ""):
+        return [line for line in file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".jsonl": lambda f: pd.read_json(f, lines=True)}
+    if suffix not in readers:
+        raise PredictError(f"{file}: unsupported format {suffix!r} (use .txt, .csv, .parquet or .jsonl)")
+    df = readers[suffix](file)
+    if "text" not in df.columns:
+        raise PredictError(f"{file}: needs a `text` column, found {list(df.columns)}")
+    return df["text"].fillna("").astype(str).tolist()
+
+
+def predict_texts(params: Params, paths: Paths, texts: list[str], model_uri: str | None = None) -> pd.DataFrame:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from crowdforge.registry.tracking import connect, champion_uri
+
+    connect(params, paths)
+    uri = model_uri or champion_uri(params)
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except MlflowException as exc:
+        raise PredictError(f"cannot load {uri}: {exc.message}. Run `make run` (or `crowdforge promote`) first.") from None
+    pred = model.predict(pd.DataFrame({"text": texts}))
+    return pd.concat([pd.DataFrame({"text": texts}), pred.reset_index(drop=True)], axis=1)

@@ -1,0 +1,33 @@
+"""The registered model, logged as "model from code" (MLflow 3: no pickled Python objects).
+
+Input: a DataFrame with a ``text`` column (or a list of strings). Output: ``label``,
+``confidence`` and one ``prob_<class>`` column per class, from the calibrated, weighted ensemble
+stored in the ``ensemble`` artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+
+class CrowdforgeEnsemble(PythonModel):
+    def load_context(self, context: Any) -> None:
+        from crowdforge.modeling.inference import load_ensemble
+
+        self.ensemble = load_ensemble(context.artifacts["ensemble"])
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if isinstance(model_input, pd.DataFrame):
+            if "text" not in model_input.columns:
+                raise ValueError(f"input needs a `text` column, got {list(model_input.columns)}")
+            texts = model_input["text"]
+        else:
+            texts = pd.Series(list(model_input))
+        return self.ensemble.predict(texts.fillna("").astype(str).tolist())
+
+
+mlflow.models.set_model(CrowdforgeEnsemble())

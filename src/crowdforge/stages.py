@@ -1,0 +1,165 @@
+"""Each stage's deps, outs and params, declared once for both drivers.
+
+``dvc.yaml`` is generated from :data:`STAGES` (``crowdforge dvc-yaml``; a test keeps the committed
+file in sync) and the Prefect flow fingerprints the same deps to decide whether a stage can be
+skipped, so the two drivers agree on what "changed" means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crowdforge.config import Params
+
+PKG = "src/crowdforge"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    deps: tuple[str, ...]
+    code: tuple[str, ...]
+    params: tuple[str, ...]
+    outs: tuple[str, ...]
+    persist: tuple[str, ...] = ()  # outs kept between runs and read back as history (DVC `persist`)
+    cache_outs: bool = True  # False for small outputs that must always reflect the latest run
+    always_run: bool = False
+
+
+STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage(
+            "ingest",
+            deps=("data/raw",),
+            code=(f"{PKG}/agents/ingest.py",),
+            params=("data",),
+            outs=("data/interim/submissions.parquet", "data/interim/unlabeled.parquet",
+                  "data/interim/gold.parquet", "reports/ingest.json"),
+        ),
+        Stage(
+            "validate",
+            deps=("data/interim/submissions.parquet",),
+            code=(f"{PKG}/agents/validate.py",),
+            params=("data", "validate"),
+            outs=("data/interim/accepted.parquet", "data/quarantine", "reports/validate.json",
+                  "reports/data_docs"),
+        ),
+        Stage(
+            "reputation",
+            deps=("data/interim/accepted.parquet", "data/interim/gold.parquet", "reports/validate.json"),
+            code=(f"{PKG}/agents/reputation.py", f"{PKG}/truth"),
+            params=("data", "reputation"),
+            outs=("data/processed/labels.parquet", "reports/reputation.json"),
+            persist=("data/reputation/ledger.parquet",),
+        ),
+        Stage(
+            "augment",
+            deps=("data/processed/labels.parquet",),
+            code=(f"{PKG}/agents/augment.py",),
+            params=("data", "augment"),
+            outs=("data/processed/train_augmented.parquet", "data/processed/valid.parquet",
+                  "reports/augment.json"),
+        ),
+        Stage(
+            "pretrain",
+            deps=("data/interim/unlabeled.parquet", "data/interim/accepted.parquet",
+                  "data/interim/gold.parquet"),
+            code=(f"{PKG}/agents/pretrain.py", f"{PKG}/modeling"),
+            params=("pretrain",),
+            outs=("models/pretrained", "reports/pretrain.json"),
+        ),
+        Stage(
+            "finetune",
+            deps=("data/processed/train_augmented.parquet", "data/processed/valid.parquet",
+                  "models/pretrained"),
+            code=(f"{PKG}/agents/finetune.py", f"{PKG}/modeling"),
+            params=("data", "finetune"),
+            outs=("models/members", "reports/finetune.json"),
+        ),
+        Stage(
+            "ensemble",
+            deps=("models/members", "data/processed/valid.parquet", "data/interim/gold.parquet"),
+            code=(f"{PKG}/agents/ensemble.py", f"{PKG}/modeling"),
+            params=("data", "ensemble"),
+            outs=("models/ensemble", "reports/ensemble.json"),
+        ),
+        Stage(
+            "register",
+            deps=("models/ensemble", "reports/ingest.json", "reports/validate.json",
+                  "reports/reputation.json", "reports/augment.json", "reports/pretrain.json",
+                  "reports/finetune.json", "reports/ensemble.json"),
+            code=(f"{PKG}/agents/register.py", f"{PKG}/registry"),
+            params=("register",),
+            outs=("reports/register.json",),
+            cache_outs=False,
+        ),
+        Stage(
+            "promote",
+            deps=("reports/register.json", "data/interim/gold.parquet"),
+            code=(f"{PKG}/registry",),
+            params=("register", "promote"),
+            outs=("reports/promote.json",),
+            cache_outs=False,
+        ),
+    )
+}
+
+AGENTS = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register")
+
+
+def _hash_path(h: "hashlib._Hash", root: Path, rel: str) -> None:
+    """Feed a file or a directory tree (sorted, hidden/temporary entries skipped) into ``h``."""
+    path = root / rel
+    h.update(rel.encode())
+    if path.is_file():
+        h.update(b"F")
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    elif path.is_dir():
+        h.update(b"D")
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+            for name in sorted(filenames):
+                if name.startswith(".") or name.endswith(".pyc"):
+                    continue
+                _hash_path(h, root, str(Path(dirpath, name).relative_to(root)))
+    else:
+        h.update(b"-")
+
+
+def fingerprint(stage: Stage, params: Params, root: Path, extra: dict[str, Any] | None = None) -> str | None:
+    """Hash of a stage's deps, code and params; ``None`` (do not reuse) when an output is missing."""
+    if any(not (root / out).exists() for out in stage.outs):
+        return None
+    h = hashlib.sha256()
+    h.update(json.dumps({"stage": stage.name, "root": str(root.resolve()),
+                         "params": {s: params.section(s) for s in stage.params},
+                         "extra": extra or {}}, sort_keys=True, default=str).encode())
+    for rel in (*stage.deps, *stage.code):
+        _hash_path(h, root, rel)
+    return h.hexdigest()
+
+
+def dvc_yaml() -> dict[str, Any]:
+    """The ``dvc.yaml`` content: every stage runs ``crowdforge stage NAME``."""
+    stages: dict[str, Any] = {}
+    for s in STAGES.values():
+        outs: list[Any] = [o if s.cache_outs else {o: {"cache": False}} for o in s.outs]
+        outs += [{p: {"persist": True}} for p in s.persist]
+        entry: dict[str, Any] = {
+            "cmd": f"crowdforge stage {s.name}",
+            "deps": [*s.code, *s.deps],
+            "params": list(s.params),
+            "outs": outs,
+        }
+        if s.always_run:
+            entry["always_changed"] = True
+        stages[s.name] = entry
+    return {"stages": stages}
