@@ -1,11 +1,61 @@
-"""Shared test set-up: offline engines, one torch thread per test process, tiny params."""
+"""Shared test set-up: offline engines, one torch thread per test process, a tiny project."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from crowdforge.runtime import configure_environment  # noqa: E402
 
 configure_environment()
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(backbone: Path) -> dict[str, Any]:
+    """Params for a whole pipeline in seconds: small crowd, tiny random BERT, short training."""
+    return {
+        "demo": {"n_items": 160, "n_gold_check": 20, "n_gold_test": 40, "n_unlabeled": 120,
+                 "n_contributors": 40, "malformed_rows": 10},
+        "pretrain": {"backbone": str(backbone), "max_steps": 3, "batch_size": 8, "max_length": 32},
+        "finetune": {"max_length": 32, "batch_size": 16, "max_epochs": 2, "patience": 1,
+                     "members": [{"name": "head-a", "strategy": "head", "seed": 1},
+                                 {"name": "partial-1", "strategy": "partial", "seed": 2,
+                                  "unfreeze_layers": 1, "max_epochs": 1}]},
+        "runtime": {"torch_threads": 1},
+    }
+
+
+def write_tiny_params(root: Path, backbone: Path) -> Path:
+    """The project's params.yaml with the tiny overrides merged in, written to ``root``."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in tiny_overrides(backbone).items():
+        raw[section] = {**raw.get(section, {}), **values}
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from crowdforge.modeling.backbone import make_tiny_backbone
+
+    return make_tiny_backbone(tmp_path_factory.mktemp("backbone") / "tiny-bert")
+
+
+@pytest.fixture()
+def tiny_project(tmp_path: Path, tiny_backbone: Path) -> Path:
+    """A project folder with tiny params and the demo data generated from them."""
+    from crowdforge.config import load_params
+    from crowdforge.paths import Paths
+    from crowdforge.simulate.demo import write_demo_data
+
+    params_file = write_tiny_params(tmp_path, tiny_backbone)
+    write_demo_data(Paths(tmp_path), load_params(params_file))
+    return tmp_path

@@ -38,6 +38,7 @@ class ValidateParams:
     min_text_chars: int = 3
     max_text_chars: int = 2000
     item_id_pattern: str = r"^[A-Za-z0-9_.:-]{1,64}$"
+    contributor_id_pattern: str = r"^[A-Za-z0-9_.:-]{1,64}$"
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,11 @@ class ReputationParams:
     max_iter: int = 100
     tol: float = 1e-6
     smoothing: float = 1.0
+    shrinkage: float = 3.0
     ledger_prior_weight: float = 1.0
+    ledger_prior_cap: float = 50.0
     gold_weight: float = 1.0
+    validation_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,15 @@ class FinetuneParams:
     lr_backbone: float = 5e-5
     members: tuple[MemberParams, ...] = (
         MemberParams(name="head-a", strategy="head", seed=1),
-        MemberParams(name="partial-2", strategy="partial", seed=3),
+        MemberParams(name="head-boot", strategy="head", seed=2, bootstrap=True),
+        MemberParams(name="partial-2", strategy="partial", seed=3, unfreeze_layers=2, max_epochs=2),
     )
 
 
 @dataclass(frozen=True)
 class EnsembleParams:
     calibrate: bool = True
+    calibration_target: str = "hard"  # hard: valid label (what test ECE measures) | soft: prob_<class>
 
 
 @dataclass(frozen=True)

@@ -109,15 +109,24 @@ def pretrain(
     texts: Sequence[str], cfg: PretrainParams, out_dir: Any
 ) -> dict[str, Any]:
     """Run DAPT on ``texts`` and save the adapted encoder + tokenizer into ``out_dir``."""
-    from transformers import (AutoModel, AutoModelForMaskedLM, AutoTokenizer,
-                              DataCollatorForLanguageModeling, get_linear_schedule_with_warmup,
-                              set_seed)
+    from transformers import set_seed
     from transformers.utils import logging as hf_logging
 
     start = time.perf_counter()
     set_seed(cfg.seed)
     backbone = resolve_backbone(cfg.backbone)
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the freshly initialised MLM head is expected, not news
+    try:
+        return _pretrain(texts, cfg, out_dir, backbone, start)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _pretrain(texts: Sequence[str], cfg: PretrainParams, out_dir: Any, backbone: str, start: float) -> dict[str, Any]:
+    from transformers import (AutoModel, AutoModelForMaskedLM, AutoTokenizer,
+                              DataCollatorForLanguageModeling, get_linear_schedule_with_warmup)
+
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     model = AutoModelForMaskedLM.from_pretrained(backbone)
 
@@ -150,7 +159,7 @@ def pretrain(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss) / n)
+        losses.append(float(loss.detach()) / n)
     ppl_after = perplexity(model, eval_batches)
 
     # Save a plain encoder (what fine-tuning loads with AutoModel): the base model's adapted

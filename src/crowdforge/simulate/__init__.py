@@ -7,7 +7,12 @@
 - :mod:`crowdforge.simulate.demo`: writes the demo ``data/raw`` tree (with malformed rows).
 """
 
-from crowdforge.simulate.crowd import CrowdMix, CrowdSimulation, simulate_crowd, simulate_crowd_from_file
+from crowdforge.simulate.crowd import (
+    CrowdMix,
+    CrowdSimulation,
+    simulate_crowd,
+    simulate_crowd_from_file,
+)
 from crowdforge.simulate.demo import write_demo_data
 from crowdforge.simulate.text import generate_texts
 

@@ -16,7 +16,7 @@ Intensifiers, openers and closers change the words, never the class.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -11,8 +11,8 @@ log-likelihoods, ``A.T @ T`` for the expected confusion counts) and nothing loop
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Sequence
 
 import numpy as np
 import pandas as pd

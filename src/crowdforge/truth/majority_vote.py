@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Hashable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,7 @@ class MajorityVote:
     labels_: pd.Series = field(init=False, repr=False)
     skills_: pd.Series = field(init=False, repr=False)
 
-    def fit(self, data: pd.DataFrame, skills: pd.Series | None = None) -> "MajorityVote":
+    def fit(self, data: pd.DataFrame, skills: pd.Series | None = None) -> MajorityVote:
         enc = encode(data, self.classes)
         weights = None
         if skills is not None:

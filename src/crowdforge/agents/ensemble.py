@@ -1,0 +1,252 @@
+"""ensemble agent: calibrate and weight the members on valid, evaluate once on the gold test split.
+
+Calibration: each member's logits are divided by a temperature ``T_k > 0`` fitted by minimising
+the negative log-likelihood of the valid soft labels (temperature scaling, Guo et al. 2017, "On
+Calibration of Modern Neural Networks"): one parameter per member, so it fixes over- or
+under-confidence without changing the member's ranking of classes.
+
+Weighting: ``p = sum_k w_k softmax(z_k / T_k)`` with ``w = softmax(a)`` on the simplex, ``a``
+fitted by minimising valid NLL plus a small ridge penalty on ``a`` that pulls toward uniform
+weights (robust when valid is small). The report compares this with plain averaging (uniform
+weights, uncalibrated) and majority vote.
+
+The gold ``test`` split is read only here, after everything is fitted, and only for evaluation;
+``test_set_hash`` identifies it so later comparisons (promote) can check they use the same items.
+
+reads  models/members/<name>/, models/pretrained/, data/processed/valid.parquet, data/interim/gold.parquet
+writes models/ensemble/ (self-contained, see crowdforge.modeling.inference), reports/ensemble.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from crowdforge import io
+from crowdforge.agents.finetune import ENCODER_DIR, HEAD_FILE, MEMBER_FILE, load_split
+from crowdforge.config import Params
+from crowdforge.modeling.backbone import resolve_backbone
+from crowdforge.modeling.inference import Ensemble, Member, softmax
+from crowdforge.paths import Paths
+from crowdforge.reports import write_report
+from crowdforge.runtime import set_torch_threads
+
+# --- pure metrics and fitting -------------------------------------------------------------------
+
+
+def soft_nll(probs: np.ndarray, q: np.ndarray) -> float:
+    """Mean cross entropy ``-sum_c q_c log p_c`` of probabilities against (soft) targets."""
+    return float(-(q * np.log(np.clip(probs, 1e-12, None))).sum(1).mean())
+
+
+def fit_temperature(logits: np.ndarray, q: np.ndarray, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The ``T > 0`` minimising ``NLL(softmax(z / T), q)`` (1-D search over log T)."""
+    from scipy.optimize import minimize_scalar
+
+    z = np.asarray(logits, dtype=np.float64)
+    res = minimize_scalar(lambda lt: soft_nll(softmax(z / np.exp(lt)), q),
+                          bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded")
+    t = float(np.exp(res.x))
+    # never accept a temperature that is worse than leaving the member alone
+    return t if soft_nll(softmax(z / t), q) <= soft_nll(softmax(z), q) else 1.0
+
+
+def fit_weights(member_probs: Sequence[np.ndarray], q: np.ndarray, ridge: float = 1e-2) -> np.ndarray:
+    """Simplex weights minimising the mixture's valid NLL + ``ridge * |a|^2`` (``w = softmax(a)``)."""
+    from scipy.optimize import minimize
+
+    P = np.stack([np.asarray(p, dtype=np.float64) for p in member_probs])  # (K, n, C)
+    K = len(P)
+    if K == 1:
+        return np.ones(1)
+
+    def objective(a: np.ndarray) -> float:
+        w = softmax(a)
+        return soft_nll(np.einsum("k,knc->nc", w, P), q) + ridge * float(a @ a)
+
+    res = minimize(objective, np.zeros(K), method="L-BFGS-B")
+    w = softmax(res.x)
+    return w / w.sum()
+
+
+def majority_vote(member_probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Vote shares per class (ties are broken by the average probability, as a tiny bonus)."""
+    P = np.stack(member_probs)
+    votes = np.zeros(P.shape[1:])
+    for p in P:
+        votes[np.arange(len(p)), p.argmax(1)] += 1
+    return (votes + 1e-6 * P.mean(0)) / len(P)
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 10) -> float:
+    """ECE: ``sum_b (n_b / n) |acc_b - conf_b|`` over equal-width confidence bins."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
+        if sel.any():
+            ece += sel.mean() * abs((pred[sel] == y[sel]).mean() - conf[sel].mean())
+    return float(ece)
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
+    from sklearn.metrics import f1_score
+
+    pred = probs.argmax(1)
+    q = np.eye(n_classes)[y]
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(f1_score(y, pred, labels=list(range(n_classes)), average="macro", zero_division=0)),
+        "ece": expected_calibration_error(probs, y),
+        "nll": soft_nll(probs, q),
+    }
+
+
+def test_set_hash(test: pd.DataFrame) -> str:
+    """sha256 of the JSON list of sorted ``[item_id, text, label]`` triples of the test split."""
+    rows = sorted([str(r.item_id), str(r.text), str(r.label)] for r in test.itertuples(index=False))
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
+
+
+# --- assembling the members ---------------------------------------------------------------------
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def build_ensemble(params: Params, paths: Paths) -> Ensemble:
+    """Load every member once; members sharing the pretrained (or base) encoder share one copy."""
+    from safetensors.numpy import load_file
+
+    from crowdforge.modeling.classifier import load_encoder
+
+    classes = list(params.data.classes)
+    encoders: dict[str, Any] = {}
+    tokenizer = None
+    members: list[Member] = []
+    max_length = params.finetune.max_length
+    for mp in params.finetune.members:
+        mdir = paths.member(mp.name)
+        info = io.read_json(mdir / MEMBER_FILE)
+        if list(info["classes"]) != classes:
+            raise ValueError(f"member {mp.name}: classes {info['classes']} != {classes}")
+        max_length = int(info["max_length"])
+        ref = info["encoder"]
+        if ref["kind"] == "trained":
+            key, source = f"member-{_key(mp.name)}", str(mdir / ref.get("path", ENCODER_DIR))
+        elif ref["kind"] == "pretrained":
+            key, source = "pretrained", str(paths.pretrained)
+        else:
+            key, source = "base", resolve_backbone(ref["name"])
+        if key not in encoders:
+            encoders[key], tok = load_encoder(source)
+            tokenizer = tokenizer or tok
+        head = load_file(str(mdir / info.get("head", HEAD_FILE)))
+        members.append(Member(
+            name=mp.name, encoder=key, weight=head["weight"], bias=head["bias"],
+            meta={"strategy": info["strategy"], "valid_accuracy_finetune": info["valid_accuracy"]},
+        ))
+    return Ensemble(classes, tokenizer, encoders, members, max_length)
+
+
+def _label_index(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not in classes {list(classes)}")
+    return np.array([index[l] for l in labels])
+
+
+def calibrate_and_weight(
+    ens: Ensemble, valid_logits: dict[str, np.ndarray], q_valid: np.ndarray, calibrate: bool
+) -> None:
+    """Fit temperatures and weights on valid targets ``q_valid`` (one-hot or soft) and set them on
+    ``ens`` in place."""
+    for m in ens.members:
+        m.temperature = fit_temperature(valid_logits[m.name], q_valid) if calibrate else 1.0
+    probs = [softmax(valid_logits[m.name] / m.temperature) for m in ens.members]
+    for m, w in zip(ens.members, fit_weights(probs, q_valid)):
+        m.ensemble_weight = float(w)
+
+
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    start = time.perf_counter()
+    threads = set_torch_threads(params.runtime.torch_threads)
+    classes = list(params.data.classes)
+    ens = build_ensemble(params, paths)
+
+    v_texts, q_valid, _, y_valid = load_split(paths.valid, classes)
+    valid_logits = ens.member_logits(v_texts)
+    target = params.ensemble.calibration_target
+    if target not in ("hard", "soft"):
+        raise ValueError(f"ensemble.calibration_target must be hard|soft, got {target!r}")
+    fit_target = np.eye(len(classes))[y_valid] if target == "hard" else q_valid
+    calibrate_and_weight(ens, valid_logits, fit_target, params.ensemble.calibrate)
+
+    # --- only now, with everything fitted, touch the frozen test split ---
+    gold = pd.read_parquet(paths.gold)
+    test = gold[gold["split"] == "test"].reset_index(drop=True)
+    y_test = _label_index(test["label"], classes)
+    test_logits = ens.member_logits(test["text"].astype(str).tolist())
+
+    def schemes(logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raw = [softmax(logits[m.name]) for m in ens.members]
+        return {"weighted": ens.combine(logits), "average": np.mean(raw, axis=0), "majority_vote": majority_vote(raw)}
+
+    valid_s, test_s = schemes(valid_logits), schemes(test_logits)
+    comparison = {
+        name: {**{f"valid_{k}": v for k, v in classification_metrics(valid_s[name], y_valid, len(classes)).items()},
+               **{f"test_{k}": v for k, v in classification_metrics(test_s[name], y_test, len(classes)).items()}}
+        for name in valid_s
+    }
+    members = {
+        m.name: {
+            "strategy": m.meta.get("strategy"),
+            "weight": m.ensemble_weight,
+            "temperature": m.temperature,
+            "valid_accuracy": float((valid_logits[m.name].argmax(1) == y_valid).mean()),
+            "test_accuracy": float((test_logits[m.name].argmax(1) == y_test).mean()),
+        }
+        for m in ens.members
+    }
+    best = comparison["weighted"]
+    metrics = {
+        "classes": classes,
+        "test_accuracy": best["test_accuracy"],
+        "test_macro_f1": best["test_macro_f1"],
+        "test_ece": best["test_ece"],
+        "test_nll": best["test_nll"],
+        "test_n": int(len(test)),
+        "test_set_hash": test_set_hash(test),
+        "valid_accuracy": best["valid_accuracy"],
+        "valid_ece": best["valid_ece"],
+        "valid_n": int(len(v_texts)),
+        "calibrated": params.ensemble.calibrate,
+        "calibration_target": target,
+        "members": members,
+        "comparison": comparison,
+        "torch_threads": threads,
+    }
+    with io.atomic_dir(paths.ensemble) as tmp:
+        ens.save(tmp, extra={"test_set_hash": metrics["test_set_hash"], "test_accuracy": metrics["test_accuracy"]})
+    metrics["seconds"] = round(time.perf_counter() - start, 3)
+
+    lines = ["# ensemble", "",
+             f"Gold test split ({metrics['test_n']} items): accuracy {metrics['test_accuracy']:.3f}, "
+             f"macro F1 {metrics['test_macro_f1']:.3f}, ECE {metrics['test_ece']:.3f}.", "",
+             "| scheme | valid acc | test acc | test macro F1 | test ECE |", "|---|---|---|---|---|"]
+    for name, c in comparison.items():
+        lines.append(f"| {name} | {c['valid_accuracy']:.3f} | {c['test_accuracy']:.3f} | "
+                     f"{c['test_macro_f1']:.3f} | {c['test_ece']:.3f} |")
+    lines += ["", "| member | weight | temperature | test acc |", "|---|---|---|---|"]
+    for name, v in members.items():
+        lines.append(f"| {name} | {v['weight']:.3f} | {v['temperature']:.2f} | {v['test_accuracy']:.3f} |")
+    return write_report(paths, "ensemble", metrics, "\n".join(lines))

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crowdforge import io
+from crowdforge.agents import ensemble, finetune, pretrain
+from crowdforge.config import parse_params
+from crowdforge.modeling.inference import load_ensemble
+from crowdforge.modeling.toy import write_toy_blackboard
+from crowdforge.paths import Paths
+
+MEMBERS = [
+    {"name": "head-a", "strategy": "head", "seed": 1},
+    {"name": "head-boot", "strategy": "head", "seed": 2, "bootstrap": True},
+    {"name": "partial-1", "strategy": "partial", "seed": 3, "unfreeze_layers": 1, "max_epochs": 4},
+]
+
+
+def tiny_params(backbone: Path, **ens):
+    return parse_params({
+        "pretrain": {"backbone": str(backbone), "max_steps": 2, "batch_size": 8, "max_length": 24},
+        "finetune": {"max_length": 24, "batch_size": 16, "max_epochs": 20, "patience": 4,
+                     "lr_head": 0.05, "lr_backbone": 1e-3, "members": MEMBERS},
+        "ensemble": ens,
+        "runtime": {"torch_threads": 1},
+    })
+
+
+@pytest.fixture(scope="module")
+def built(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory):
+    paths = Paths(tmp_path_factory.mktemp("ensemble"))
+    write_toy_blackboard(paths, n_train=150, n_valid=60, n_test=50)
+    params = tiny_params(tiny_backbone)
+    pretrain.run(params, paths)
+    finetune.run(params, paths)
+    return params, paths, ensemble.run(params, paths)
+
+
+def test_report_fields(built) -> None:
+    _, paths, report = built
+    for key in ("test_accuracy", "test_macro_f1", "test_ece", "test_n", "test_set_hash", "valid_accuracy"):
+        assert key in report
+    assert report["test_n"] == 50 and 0 <= report["test_ece"] <= 1
+    assert set(report["comparison"]) == {"weighted", "average", "majority_vote"}
+    assert report["test_accuracy"] > 0.5  # chance is 1/3
+    assert io.read_json(paths.report("ensemble"))["test_set_hash"] == report["test_set_hash"]
+
+
+def test_weights_and_temperatures(built) -> None:
+    _, paths, report = built
+    weights = [m["weight"] for m in report["members"].values()]
+    assert sum(weights) == pytest.approx(1.0) and all(w >= 0 for w in weights)
+    assert all(m["temperature"] > 0 for m in report["members"].values())
+    assert all("test_accuracy" in m for m in report["members"].values())
+    index = io.read_json(paths.ensemble / "ensemble.json")
+    assert index["weights"] == {k: v["weight"] for k, v in report["members"].items()}
+
+
+def test_folder_is_self_contained_and_shares_the_pretrained_encoder(built, tmp_path: Path) -> None:
+    _, paths, _ = built
+    assert sorted(p.name for p in (paths.ensemble / "encoders").iterdir()) == ["member-partial-1", "pretrained"]
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(paths.ensemble, moved)
+    texts = ["great love superb", "awful worst bad"]
+    np.testing.assert_array_equal(load_ensemble(moved).predict_proba(texts),
+                                  load_ensemble(paths.ensemble).predict_proba(texts))
+
+
+def test_round_trip_matches_in_memory_ensemble(built) -> None:
+    params, paths, report = built
+    mem = ensemble.build_ensemble(params, paths)
+    for m in mem.members:
+        m.temperature = report["members"][m.name]["temperature"]
+        m.ensemble_weight = report["members"][m.name]["weight"]
+    texts = pd.read_parquet(paths.valid)["text"].tolist()[:20] + ["", "love it " * 50]
+    loaded = load_ensemble(paths.ensemble)
+    assert loaded.classes == list(params.data.classes)
+    np.testing.assert_array_equal(loaded.predict_proba(texts), mem.predict_proba(texts))
+    df = loaded.predict(texts)
+    assert list(df.columns[:2]) == ["label", "confidence"] and len(df) == len(texts)
+
+
+def test_test_split_only_evaluates(built, tmp_path: Path) -> None:
+    """Changing the gold test labels changes the test metrics, never the fitted ensemble."""
+    params, paths, report = built
+    other = Paths(tmp_path)
+    shutil.copytree(paths.root, tmp_path, dirs_exist_ok=True)
+    gold = pd.read_parquet(other.gold)
+    test = gold["split"] == "test"
+    gold.loc[test, "label"] = np.roll(gold.loc[test, "label"].to_numpy(), 1)
+    io.write_parquet(other.gold, gold)
+    again = ensemble.run(params, other)
+    for name, m in report["members"].items():
+        assert again["members"][name]["weight"] == pytest.approx(m["weight"])
+        assert again["members"][name]["temperature"] == pytest.approx(m["temperature"])
+    assert again["valid_accuracy"] == report["valid_accuracy"]
+    assert again["test_set_hash"] != report["test_set_hash"]
+    # and no test text was used for training or pretraining
+    test_texts = set(gold.loc[test, "text"])
+    assert test_texts.isdisjoint(pd.read_parquet(paths.train)["text"])
+    assert test_texts.isdisjoint(pd.read_parquet(paths.valid)["text"])
+
+
+def test_pure_helpers() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    z = np.eye(3)[y] * 8 + rng.normal(size=(300, 3))  # overconfident logits
+    t = ensemble.fit_temperature(z, np.eye(3)[y] * 0.7 + 0.1)
+    assert t > 1  # softened
+    good, bad = np.eye(3)[y] * 0.9 + 0.1 / 3, np.full((300, 3), 1 / 3)
+    w = ensemble.fit_weights([good, bad], np.eye(3)[y])
+    assert w.sum() == pytest.approx(1) and w[0] > w[1]
+    assert ensemble.expected_calibration_error(np.eye(3)[y], y) == pytest.approx(0)
+    df = pd.DataFrame({"item_id": ["b", "a"], "text": ["x", "y"], "label": ["p", "q"]})
+    assert ensemble.test_set_hash(df) == ensemble.test_set_hash(df.iloc[::-1])
+    assert ensemble.majority_vote([np.eye(3)[[0]], np.eye(3)[[0]], np.eye(3)[[2]]]).argmax() == 0

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crowdforge.modeling import classifier as clf
+from crowdforge.modeling.classifier import (FitConfig, MeanPoolClassifier, cached_embeddings, fit_head,
+                                            load_encoder, new_head, soft_cross_entropy)
+
+
+def test_soft_ce_matches_hard_ce_on_one_hot() -> None:
+    z = torch.randn(5, 3)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    q = torch.eye(3)[y]
+    assert torch.allclose(soft_cross_entropy(z, q), torch.nn.functional.cross_entropy(z, y))
+
+
+def test_soft_ce_weights_zero_out_examples() -> None:
+    z = torch.randn(4, 3)
+    q = torch.softmax(torch.randn(4, 3), -1)
+    w = torch.tensor([1.0, 0.0, 2.0, 0.0])
+    keep = torch.tensor([0, 2])
+    assert torch.allclose(soft_cross_entropy(z, q, w), soft_cross_entropy(z[keep], q[keep], w[keep]))
+
+
+def test_strategies_freeze_the_right_parameters(tiny_backbone: Path) -> None:
+    enc, _ = load_encoder(str(tiny_backbone))
+    model = MeanPoolClassifier(enc, new_head(32, 3, 0))
+    n_head = model.set_strategy("head")
+    n_partial = model.set_strategy("partial", unfreeze_layers=1)
+    n_full = model.set_strategy("full")
+    assert n_head == 32 * 3 + 3 < n_partial < n_full
+    model.set_strategy("partial", unfreeze_layers=1)
+    model.train()
+    assert not enc.encoder.layer[0].training and enc.encoder.layer[1].training
+
+
+def test_embeddings_are_cached_and_reused(tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = ["great service", "awful product", "okay"]
+    first = cached_embeddings(str(tiny_backbone), texts, 16, tmp_path)
+    assert first.shape == (3, 32) and len(list(tmp_path.glob("*.npy"))) == 1
+
+    def boom(*a, **k):  # a cache hit must not encode again
+        raise AssertionError("recomputed")
+
+    monkeypatch.setattr(clf, "encode_texts", boom)
+    np.testing.assert_array_equal(cached_embeddings(str(tiny_backbone), texts, 16, tmp_path), first)
+    with pytest.raises(AssertionError, match="recomputed"):  # other texts -> other key
+        cached_embeddings(str(tiny_backbone), texts[:2], 16, tmp_path)
+
+
+def _blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    centers = np.eye(3, 8) * 4
+    return (centers[y] + rng.normal(size=(n, 8))).astype(np.float32), y
+
+
+def test_fit_head_learns_separable_data() -> None:
+    x, y = _blobs(200, 0)
+    xv, yv = _blobs(60, 1)
+    q, qv = np.eye(3)[y], np.eye(3)[yv]
+    head = new_head(8, 3, 0)
+    res = fit_head(head, x, q, np.ones(len(x)), xv, yv, qv, FitConfig(batch_size=32, max_epochs=10, lr_head=0.05))
+    assert res.valid_accuracy > 0.9
+    pred = head(torch.from_numpy(xv)).argmax(-1).numpy()
+    assert (pred == yv).mean() == pytest.approx(res.valid_accuracy)  # best state restored
+
+
+def test_early_stopping_stops_when_valid_stalls() -> None:
+    x, y = _blobs(64, 0)
+    head = new_head(8, 3, 0)
+    cfg = FitConfig(batch_size=16, max_epochs=20, patience=2, lr_head=0.0)  # nothing can improve
+    res = fit_head(head, x, np.eye(3)[y], np.ones(len(x)), x, y, np.eye(3)[y], cfg)
+    assert res.best_epoch == 1 and res.epochs_run == 3
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crowdforge.modeling.classifier import load_encoder
+from crowdforge.modeling.inference import Ensemble, Member, load_ensemble, mean_pool
+
+TEXTS = ["great service and fast delivery", "awful", "it was okay I guess", "", "love it " * 40]
+
+
+def _ensemble(backbone: Path) -> Ensemble:
+    enc_a, tok = load_encoder(str(backbone))
+    enc_b, _ = load_encoder(str(backbone))
+    rng = np.random.default_rng(0)
+    members = [
+        Member(name=f"m{i}", encoder=key, weight=rng.normal(size=(3, 32)).astype(np.float32),
+               bias=rng.normal(size=3).astype(np.float32), temperature=t, ensemble_weight=w)
+        for i, (key, t, w) in enumerate([("shared", 0.7, 0.2), ("shared", 1.3, 0.3), ("own", 1.0, 0.5)])
+    ]
+    return Ensemble(["negative", "neutral", "positive"], tok, {"shared": enc_a, "own": enc_b}, members, 16)
+
+
+def test_mean_pool_ignores_padding() -> None:
+    import torch
+
+    h = torch.tensor([[[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]]])
+    assert torch.equal(mean_pool(h, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 2.0]]))
+
+
+def test_predict_shapes_and_probabilities(tiny_backbone: Path) -> None:
+    ens = _ensemble(tiny_backbone)
+    probs = ens.predict_proba(TEXTS)
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-9)
+    df = ens.predict(TEXTS)
+    assert list(df.columns) == ["label", "confidence", "prob_negative", "prob_neutral", "prob_positive"]
+    assert set(df["label"]) <= set(ens.classes)
+    np.testing.assert_allclose(df["confidence"], probs.max(1))
+    assert ens.predict_proba([]).shape == (0, 3)
+
+
+def test_batching_does_not_change_predictions(tiny_backbone: Path) -> None:
+    ens = _ensemble(tiny_backbone)
+    full = ens.predict_proba(TEXTS)
+    ens.batch_size = 2
+    np.testing.assert_allclose(ens.predict_proba(TEXTS), full, atol=1e-5)
+    np.testing.assert_allclose(ens.predict_proba(TEXTS[1:2]), full[1:2], atol=1e-5)
+
+
+def test_save_load_round_trip(tiny_backbone: Path, tmp_path: Path) -> None:
+    ens = _ensemble(tiny_backbone)
+    ens.save(tmp_path / "ens")
+    assert sorted(p.name for p in (tmp_path / "ens" / "encoders").iterdir()) == ["own", "shared"]
+    loaded = load_ensemble(tmp_path / "ens")
+    assert loaded.classes == ens.classes and loaded.max_length == 16
+    assert [m.temperature for m in loaded.members] == [0.7, 1.3, 1.0]
+    np.testing.assert_array_equal(loaded.predict_proba(TEXTS), ens.predict_proba(TEXTS))
+
+
+def test_inference_module_is_standalone() -> None:
+    import ast
+
+    import crowdforge.modeling.inference as inf
+
+    tree = ast.parse(Path(inf.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith("crowdforge") for m in imported)
+
+
+def test_unknown_encoder_is_rejected(tiny_backbone: Path) -> None:
+    ens = _ensemble(tiny_backbone)
+    with pytest.raises(ValueError, match="unknown encoder"):
+        Ensemble(ens.classes, ens.tokenizer, {}, ens.members, 16)

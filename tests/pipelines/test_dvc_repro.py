@@ -1,0 +1,45 @@
+"""`dvc repro` runs the same stages in a real git + DVC repository; a second repro runs nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crowdforge import io
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sh(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_dvc_repro_twice(tiny_project: Path) -> None:
+    repo = tiny_project
+    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
+    sh("git", "init", "-q", cwd=repo)
+    sh("dvc", "init", "-q", cwd=repo)
+    sh("dvc", "config", "core.analytics", "false", cwd=repo)
+    sh("dvc", "remote", "add", "-d", "local", str(repo / ".dvc-remote"), cwd=repo)
+    sh("dvc", "add", "-q", "data/raw", cwd=repo)
+
+    out = sh("dvc", "repro", cwd=repo)
+    for stage in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register", "promote"):
+        assert f"Running stage '{stage}'" in out
+    assert io.read_json(repo / "reports/promote.json")["decision"] == "promoted"
+
+    again = sh("dvc", "repro", cwd=repo)
+    assert "Running stage" not in again and "up to date" in again
+    assert "up to date" in sh("dvc", "status", cwd=repo)
+    sh("dvc", "push", "-q", cwd=repo)
