@@ -3,7 +3,7 @@ from pathlib import Path
 import yaml
 
 from crowdforge.config import Params, parse_params
-from crowdforge.stages import AGENTS, STAGES, dvc_yaml, fingerprint
+from crowdforge.stages import AGENTS, STAGES, dvc_yaml, fingerprint, outputs_exist
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,8 @@ def test_fingerprint_follows_data_code_and_params(tmp_path):
     assert fingerprint(stage, parse_params({"promote": {"margin": 0.5}}), root) == fingerprint(stage, p, root)
 
 
-def test_missing_output_means_no_reuse(tmp_path):
+def test_outputs_exist_notices_a_deleted_output(tmp_path):
     root = _workspace(tmp_path)
+    assert outputs_exist(STAGES["ingest"], root)
     (root / STAGES["ingest"].outs[0]).unlink()
-    assert fingerprint(STAGES["ingest"], Params(), root) is None
+    assert not outputs_exist(STAGES["ingest"], root)

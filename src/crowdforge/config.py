@@ -58,7 +58,7 @@ class ReputationParams:
 class AugmentParams:
     seed: int = 11
     valid_fraction: float = 0.15
-    thin_ratio: float = 0.7
+    thin_ratio: float = 0.9
     max_new_per_item: int = 2
     word_dropout: float = 0.15
 
@@ -95,9 +95,9 @@ class FinetuneParams:
     lr_head: float = 3e-3
     lr_backbone: float = 5e-5
     members: tuple[MemberParams, ...] = (
-        MemberParams(name="head-a", strategy="head", seed=1),
-        MemberParams(name="head-boot", strategy="head", seed=2, bootstrap=True),
-        MemberParams(name="partial-2", strategy="partial", seed=3, unfreeze_layers=2, max_epochs=2),
+        MemberParams(name="head-a", strategy="head", seed=1, max_epochs=30),
+        MemberParams(name="head-boot", strategy="head", seed=2, bootstrap=True, max_epochs=30),
+        MemberParams(name="partial-2", strategy="partial", seed=3, unfreeze_layers=2, max_epochs=3),
     )
 
 

@@ -134,10 +134,12 @@ def _hash_path(h: "hashlib._Hash", root: Path, rel: str) -> None:
         h.update(b"-")
 
 
-def fingerprint(stage: Stage, params: Params, root: Path, extra: dict[str, Any] | None = None) -> str | None:
-    """Hash of a stage's deps, code and params; ``None`` (do not reuse) when an output is missing."""
-    if any(not (root / out).exists() for out in stage.outs):
-        return None
+def outputs_exist(stage: Stage, root: Path) -> bool:
+    return all((root / out).exists() for out in stage.outs)
+
+
+def fingerprint(stage: Stage, params: Params, root: Path, extra: dict[str, Any] | None = None) -> str:
+    """Hash of a stage's deps, code and params (what decides whether its outputs are stale)."""
     h = hashlib.sha256()
     h.update(json.dumps({"stage": stage.name, "root": str(root.resolve()),
                          "params": {s: params.section(s) for s in stage.params},

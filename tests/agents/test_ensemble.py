@@ -116,6 +116,4 @@ def test_pure_helpers() -> None:
     w = ensemble.fit_weights([good, bad], np.eye(3)[y])
     assert w.sum() == pytest.approx(1) and w[0] > w[1]
     assert ensemble.expected_calibration_error(np.eye(3)[y], y) == pytest.approx(0)
-    df = pd.DataFrame({"item_id": ["b", "a"], "text": ["x", "y"], "label": ["p", "q"]})
-    assert ensemble.test_set_hash(df) == ensemble.test_set_hash(df.iloc[::-1])
     assert ensemble.majority_vote([np.eye(3)[[0]], np.eye(3)[[0]], np.eye(3)[[2]]]).argmax() == 0

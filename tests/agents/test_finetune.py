@@ -37,9 +37,9 @@ def trained(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_report_lists_every_member(trained) -> None:
-    params, paths, report = trained
+    _, paths, report = trained
     assert set(report["members"]) == {m["name"] for m in MEMBERS}
-    for name, m in report["members"].items():
+    for m in report["members"].values():
         assert m["epochs_run"] >= 1 and m["seconds"] > 0 and m["examples_per_s"] > 0
         assert 0 <= m["valid_accuracy"] <= 1
     assert io.read_json(paths.report("finetune"))["best_member"] == report["best_member"]

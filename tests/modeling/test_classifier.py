@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from crowdforge.modeling import classifier as clf
-from crowdforge.modeling.classifier import (FitConfig, MeanPoolClassifier, cached_embeddings, fit_head,
-                                            load_encoder, new_head, soft_cross_entropy)
+from crowdforge.modeling.classifier import (
+    FitConfig,
+    MeanPoolClassifier,
+    cached_embeddings,
+    fit_head,
+    load_encoder,
+    new_head,
+    soft_cross_entropy,
+)
 
 
 def test_soft_ce_matches_hard_ce_on_one_hot() -> None:

@@ -52,7 +52,7 @@ def test_flow_end_to_end_then_cached(tiny_project: Path, prefect_api) -> None:
     name = params.register.model_name
     challenger = client.get_model_version_by_alias(name, "challenger")
     champion = client.get_model_version_by_alias(name, "champion")
-    assert challenger.version == champion.version == "1"
+    assert str(challenger.version) == str(champion.version) == "1"
     assert challenger.tags["promotion.decision"] == "promoted"
     assert challenger.tags["test_set_hash"] == ensemble["test_set_hash"]
     assert challenger.tags["prefect_flow_run_id"] == first["flow_run_id"]

@@ -19,11 +19,11 @@ writes models/ensemble/ (self-contained, see crowdforge.modeling.inference), rep
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,7 @@ import pandas as pd
 from crowdforge import io
 from crowdforge.agents.finetune import ENCODER_DIR, HEAD_FILE, MEMBER_FILE, load_split
 from crowdforge.config import Params
+from crowdforge.gold import gold_test, test_set_hash
 from crowdforge.modeling.backbone import resolve_backbone
 from crowdforge.modeling.inference import Ensemble, Member, softmax
 from crowdforge.paths import Paths
@@ -89,7 +90,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 1
     conf, pred = probs.max(1), probs.argmax(1)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in pairwise(edges):
         sel = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
         if sel.any():
             ece += sel.mean() * abs((pred[sel] == y[sel]).mean() - conf[sel].mean())
@@ -107,12 +108,6 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, n_classes: int) -> 
         "ece": expected_calibration_error(probs, y),
         "nll": soft_nll(probs, q),
     }
-
-
-def test_set_hash(test: pd.DataFrame) -> str:
-    """sha256 of the JSON list of sorted ``[item_id, text, label]`` triples of the test split."""
-    rows = sorted([str(r.item_id), str(r.text), str(r.label)] for r in test.itertuples(index=False))
-    return hashlib.sha256(json.dumps(rows, ensure_ascii=False, separators=(",", ":")).encode("utf-8")).hexdigest()
 
 
 # --- assembling the members ---------------------------------------------------------------------
@@ -192,8 +187,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     calibrate_and_weight(ens, valid_logits, fit_target, params.ensemble.calibrate)
 
     # --- only now, with everything fitted, touch the frozen test split ---
-    gold = pd.read_parquet(paths.gold)
-    test = gold[gold["split"] == "test"].reset_index(drop=True)
+    test = gold_test(paths.gold)
     y_test = _label_index(test["label"], classes)
     test_logits = ens.member_logits(test["text"].astype(str).tolist())
 
@@ -224,11 +218,11 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "test_macro_f1": best["test_macro_f1"],
         "test_ece": best["test_ece"],
         "test_nll": best["test_nll"],
-        "test_n": int(len(test)),
+        "test_n": len(test),
         "test_set_hash": test_set_hash(test),
         "valid_accuracy": best["valid_accuracy"],
         "valid_ece": best["valid_ece"],
-        "valid_n": int(len(v_texts)),
+        "valid_n": len(v_texts),
         "calibrated": params.ensemble.calibrate,
         "calibration_target": target,
         "members": members,
@@ -240,8 +234,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     metrics["seconds"] = round(time.perf_counter() - start, 3)
 
     lines = ["# ensemble", "",
-             f"Gold test split ({metrics['test_n']} items): accuracy {metrics['test_accuracy']:.3f}, "
-             f"macro F1 {metrics['test_macro_f1']:.3f}, ECE {metrics['test_ece']:.3f}.", "",
+             (f"Gold test split ({metrics['test_n']} items): accuracy {metrics['test_accuracy']:.3f}, "
+              f"macro F1 {metrics['test_macro_f1']:.3f}, ECE {metrics['test_ece']:.3f}."), "",
              "| scheme | valid acc | test acc | test macro F1 | test ECE |", "|---|---|---|---|---|"]
     for name, c in comparison.items():
         lines.append(f"| {name} | {c['valid_accuracy']:.3f} | {c['test_accuracy']:.3f} | "

@@ -19,9 +19,10 @@ writes models/members/<name>/ (member.json, head.safetensors, encoder/ only if i
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,15 @@ import torch
 from crowdforge import io
 from crowdforge.config import MemberParams, Params
 from crowdforge.modeling.backbone import resolve_backbone
-from crowdforge.modeling.classifier import (FitConfig, MeanPoolClassifier, cached_embeddings,
-                                            fit_classifier, fit_head, load_encoder, new_head)
+from crowdforge.modeling.classifier import (
+    FitConfig,
+    MeanPoolClassifier,
+    cached_embeddings,
+    fit_classifier,
+    fit_head,
+    load_encoder,
+    new_head,
+)
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report as _write_report
 from crowdforge.runtime import set_torch_threads

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -60,7 +61,7 @@ def collect_corpus(
 def split_corpus(texts: Sequence[str], eval_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded train / held-out split; at least one text stays for training."""
     order = np.random.default_rng(seed).permutation(len(texts))
-    n_eval = int(round(eval_fraction * len(texts)))
+    n_eval = round(eval_fraction * len(texts))
     n_eval = min(max(n_eval, 1 if eval_fraction > 0 and len(texts) > 1 else 0), max(len(texts) - 1, 0))
     return [texts[i] for i in order[n_eval:]], [texts[i] for i in order[:n_eval]]
 
@@ -124,8 +125,13 @@ def pretrain(
 
 
 def _pretrain(texts: Sequence[str], cfg: PretrainParams, out_dir: Any, backbone: str, start: float) -> dict[str, Any]:
-    from transformers import (AutoModel, AutoModelForMaskedLM, AutoTokenizer,
-                              DataCollatorForLanguageModeling, get_linear_schedule_with_warmup)
+    from transformers import (
+        AutoModel,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+        DataCollatorForLanguageModeling,
+        get_linear_schedule_with_warmup,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     model = AutoModelForMaskedLM.from_pretrained(backbone)
@@ -197,7 +203,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     with io.atomic_dir(paths.pretrained) as tmp:
         metrics = pretrain(corpus, params.pretrain, tmp)
     metrics["torch_threads"] = threads
-    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
+    fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
     summary = (
         f"# pretrain\n\nDomain-adaptive masked-LM on {metrics['n_texts']} texts "
         f"({metrics['steps']} steps, {metrics['seconds']:.1f} s) from `{params.pretrain.backbone}`.\n\n"

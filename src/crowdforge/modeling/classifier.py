@@ -20,9 +20,10 @@ import copy
 import hashlib
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -112,7 +113,7 @@ class MeanPoolClassifier(nn.Module):
             p.requires_grad_(True)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
-    def train(self, mode: bool = True) -> "MeanPoolClassifier":
+    def train(self, mode: bool = True) -> MeanPoolClassifier:
         super().train(mode)
         for m in self._frozen:  # frozen feature extractors run deterministically (no dropout)
             m.eval()
@@ -163,9 +164,8 @@ def cached_embeddings(
         if encoder is None or tokenizer is None:
             encoder, tokenizer = load_encoder(backbone)
         emb = encode_texts(encoder, tokenizer, texts, max_length, batch_size)
-        with io.atomic_path(file) as tmp:
-            with tmp.open("wb") as fh:
-                np.save(fh, emb)
+        with io.atomic_path(file) as tmp, tmp.open("wb") as fh:
+            np.save(fh, emb)
         return emb
 
 

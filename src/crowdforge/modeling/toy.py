@@ -6,7 +6,7 @@ learn the task but has to find the cues. Columns follow docs/artifacts.md.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,8 +19,7 @@ CUES = {
     "neutral": ["okay", "average", "fine", "ordinary", "plain", "usual", "standard", "normal", "typical", "fair"],
     "positive": ["great", "excellent", "love", "wonderful", "best", "superb", "friendly", "fast", "perfect", "happy"],
 }
-FILLER = ("the delivery product service was and i it staff price really quite store order item arrived "
-          "today experience my with for this that box phone support team week after before again").split()
+FILLER = ["the", "delivery", "product", "service", "was", "and", "i", "it", "staff", "price", "really", "quite", "store", "order", "item", "arrived", "today", "experience", "my", "with", "for", "this", "that", "box", "phone", "support", "team", "week", "after", "before", "again"]
 
 
 def toy_texts(labels: Sequence[str], rng: np.random.Generator, n_words: int = 15, n_cues: int = 3) -> list[str]:

@@ -73,7 +73,7 @@ def promote(params: Params, paths: Paths) -> dict[str, Any]:
             "promotion.decision": decision, "promotion.reason": reason, "promotion.metric": metric,
             f"promotion.challenger_{metric}": f"{chal_score:.6f}",
             f"promotion.champion_{metric}": "" if champ_score is None else f"{champ_score:.6f}",
-            "promotion.champion_version": champion.version if champion else "",
+            "promotion.champion_version": str(champion.version) if champion else "",
             "promotion.margin": str(params.promote.margin),
             "promotion.test_set_hash": test_hash,
             "promotion.at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -83,9 +83,9 @@ def promote(params: Params, paths: Paths) -> dict[str, Any]:
         if promoted:
             client.set_registered_model_alias(name, "champion", challenger.version)
             if champion is not None:
-                client.set_model_version_tag(name, champion.version, "promotion.replaced_by", challenger.version)
+                client.set_model_version_tag(name, champion.version, "promotion.replaced_by", str(challenger.version))
 
-    now_champion = challenger.version if promoted else (champion.version if champion else "")
+    now_champion = str(challenger.version) if promoted else (str(champion.version) if champion else "")
     summary = f"{decision}: {reason}"
     md = (f"## promote\n\n**{decision}** version {challenger.version} of `{name}` "
           f"({metric} on {len(test)} gold test items): {reason}. Champion is now version {now_champion}.\n")
