@@ -26,7 +26,7 @@ def make_labels(counts=None, seed=0):
 
 
 def test_run_split_and_thin_class_growth(tmp_path):
-    params = parse_params({})
+    params = parse_params({"augment": {"thin_ratio": 0.7}})
     paths = Paths(tmp_path)
     labels = make_labels()
     io.write_parquet(paths.labels, labels)
