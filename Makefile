@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME := $(abspath .crowdforge/prefect)
 
-.PHONY: setup run data test repro ui prefect-ui clean
+.PHONY: setup run data test repro ui prefect-ui clean bench-aggregation bench-ingest bench-learning
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ ui: setup  ## MLflow UI on http://127.0.0.1:5000
 
 prefect-ui: setup  ## Prefect UI on http://127.0.0.1:4200 (runs of `make run` are in .crowdforge/prefect)
 	prefect server start --host 127.0.0.1 --port 4200
+
+bench-aggregation: setup  ## truth inference vs crowd-kit on the shared crowds and synthetic 1M/10M-label crowds
+	python bench/aggregation.py
+
+bench-ingest: setup  ## ingestion + validation throughput and peak memory on 1M rows
+	python bench/ingest.py
+
+bench-learning: setup  ## gold-trained vs naive vs crowdforge on SST-2 and weather sentiment; Trainer throughput
+	python bench/learning.py
 
 clean:  ## remove generated data, models, reports and the local stores (keeps .venv)
 	rm -rf data models reports mlflow.db mlartifacts .crowdforge .dvc-remote dvc.lock
