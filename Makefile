@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml requirements.lock
 	rm -f $(VENV)/.installed-* && touch $@
 
 setup: $(STAMP)  ## the pinned environment in .venv
+	mkdir -p $(PREFECT_HOME)
 
 data: setup  ## demo data (if data/raw holds none), versioned with DVC
 	crowdforge demo-data

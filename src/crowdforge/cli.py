@@ -61,6 +61,8 @@ def run(
     import os
 
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(paths.cache / "prefect-results"))
+    if os.environ.get("PREFECT_HOME"):
+        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from pipelines.collaborative_training import build_flow
     from pipelines.summary import format_summary
