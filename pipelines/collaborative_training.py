@@ -155,7 +155,8 @@ def collaborative_training(params_file: str = "params.yaml", root: str = ".",
     for m, future in zip(params.finetune.members, futures):
         future.wait()
         members.append(future.state.result())
-        record(f"finetune:{m.name}", members[-1].get("seconds"), future.state, members[-1])
+        cached = future.state.name == "Cached"
+        record(f"finetune:{m.name}", None if cached else members[-1].get("seconds"), future.state, members[-1])
     prev = finetune_report(results=members, **common)
     timeline.append({"stage": "finetune", "seconds": round(time.perf_counter() - t0, 2),
                      "cached": all(t["cached"] for t in timeline if t["stage"].startswith("finetune:")),

@@ -193,6 +193,41 @@ def predict(
             typer.echo(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
+@app.command()
+def aggregate(
+    labels: Annotated[Path, typer.Option("--labels", help="CSV/TSV/Parquet with one row per label (item, worker, label).")],
+    out: Annotated[Path, typer.Option("--out", help="Write item,label,confidence,n_labels,prob_<class>... (CSV or .parquet).")],
+    workers_out: Annotated[Optional[Path], typer.Option("--workers-out", help="Write each worker's reliability and its sd.")] = None,
+    gold: Annotated[Optional[Path], typer.Option("--gold", help="Known answers (item,label): used as checks that anchor the model.")] = None,
+    method: Annotated[str, typer.Option("--method", help="auto (default: hierarchical Dawid-Skene) | hierarchical | dawid_skene | one_coin | mace | majority_vote.")] = "auto",
+    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class list; a label outside it is an error. Default: the labels seen.")] = None,
+    item_col: Annotated[str, typer.Option("--item-col", help="Item column name.")] = "item",
+    worker_col: Annotated[str, typer.Option("--worker-col", help="Worker column name.")] = "worker",
+    label_col: Annotated[str, typer.Option("--label-col", help="Label column name.")] = "label",
+    seed: Annotated[int, typer.Option(help="Random seed (calibration subsample on very large inputs).")] = 0,
+) -> None:
+    """Aggregate crowd labels into one label per item, with calibrated confidence and worker reliability."""
+    from crowdforge.truth.aggregate import AggregateError, aggregate as run_aggregate, read_gold, read_labels, write_table
+
+    try:
+        cls = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        df = read_labels(labels, item_col, worker_col, label_col, cls)
+        g = read_gold(gold, item_col, label_col) if gold else None
+        res = run_aggregate(df, method=method, gold=g, classes=cls, seed=seed, source=str(labels))
+        write_table(res.items, out)
+        if workers_out:
+            write_table(res.workers, workers_out)
+    except (AggregateError, ValueError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot write output: {exc}")
+    for note in res.notes:
+        typer.echo(f"note: {note}", err=True)
+    typer.echo(f"aggregated {len(df)} labels from {res.workers.shape[0]} workers into {len(res.items)} items "
+               f"with {method}; mean confidence {res.items['confidence'].mean():.3f}; wrote {out}"
+               + (f" and {workers_out}" if workers_out else ""))
+
+
 @app.command("dvc-yaml", hidden=True)
 def dvc_yaml_cmd(out: Annotated[Path, typer.Option(help="Where to write.")] = Path("dvc.yaml")) -> None:
     """Regenerate dvc.yaml from crowdforge.stages (developers)."""

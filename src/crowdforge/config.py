@@ -34,11 +34,19 @@ class DemoParams:
 
 
 @dataclass(frozen=True)
+class IngestParams:
+    chunk_rows: int = 50000  # rows held in memory before a chunk is written (memory bound)
+    max_record_chars: int = 100000  # a longer record is a parse error ("oversized record")
+    default_encoding: str = "utf-8"  # without a BOM or a <file>.encoding sidecar
+
+
+@dataclass(frozen=True)
 class ValidateParams:
     min_text_chars: int = 3
     max_text_chars: int = 2000
     item_id_pattern: str = r"^[A-Za-z0-9_.:-]{1,64}$"
     contributor_id_pattern: str = r"^[A-Za-z0-9_.:-]{1,64}$"
+    pii_policy: str = "quarantine"  # quarantine | mask: rows whose text holds an e-mail, phone or card number
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,10 @@ class PretrainParams:
     mlm_probability: float = 0.15
     max_length: int = 64
     eval_fraction: float = 0.1
+    objective: str = "mlm"  # mlm (masked LM, DAPT) | simcse (unsupervised contrastive, Gao et al. 2021)
+    max_seconds: float = 0.0  # wall-clock budget on top of max_steps (0 = steps only)
+    checkpoint_every: int = 10  # steps between resumable checkpoints (0 = none)
+    simcse_temperature: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class MemberParams:
     bootstrap: bool = False
     unfreeze_layers: int = 2
     max_epochs: int | None = None  # None: finetune.max_epochs
+    bootstrap_unit: str = "row"  # row: resample training rows | contributor: resample contributors
 
 
 @dataclass(frozen=True)
@@ -94,6 +107,9 @@ class FinetuneParams:
     patience: int = 2
     lr_head: float = 3e-3
     lr_backbone: float = 5e-5
+    strategy: str | None = None  # None: each member's own strategy; head|partial|full: force all members
+    cache_frozen: bool = True  # partial: cache the frozen lower layers' hidden states once
+    checkpoint: bool = True  # partial/full: save a resumable checkpoint after every epoch
     members: tuple[MemberParams, ...] = (
         MemberParams(name="head-a", strategy="head", seed=1, max_epochs=30),
         MemberParams(name="head-boot", strategy="head", seed=2, bootstrap=True, max_epochs=30),
@@ -105,6 +121,10 @@ class FinetuneParams:
 class EnsembleParams:
     calibrate: bool = True
     calibration_target: str = "hard"  # hard: valid label (what test ECE measures) | soft: prob_<class>
+    distill: bool = False  # also distil the ensemble into one student model (models/ensemble/student/)
+    distill_strategy: str = "partial"  # the student's transfer strategy: head | partial | full
+    distill_epochs: int = 3
+    distill_temperature: float = 2.0  # softens the teacher's probabilities (Hinton et al. 2015)
 
 
 @dataclass(frozen=True)
@@ -131,6 +151,7 @@ class RuntimeParams:
 class Params:
     data: DataParams = field(default_factory=DataParams)
     demo: DemoParams = field(default_factory=DemoParams)
+    ingest: IngestParams = field(default_factory=IngestParams)
     validate: ValidateParams = field(default_factory=ValidateParams)
     reputation: ReputationParams = field(default_factory=ReputationParams)
     augment: AugmentParams = field(default_factory=AugmentParams)

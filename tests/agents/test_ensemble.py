@@ -117,3 +117,29 @@ def test_pure_helpers() -> None:
     assert w.sum() == pytest.approx(1) and w[0] > w[1]
     assert ensemble.expected_calibration_error(np.eye(3)[y], y) == pytest.approx(0)
     assert ensemble.majority_vote([np.eye(3)[[0]], np.eye(3)[[0]], np.eye(3)[[2]]]).argmax() == 0
+
+
+def test_distillation_into_one_student(built, tmp_path: Path) -> None:
+    params, paths, report = built
+    other = Paths(tmp_path)
+    shutil.copytree(paths.root, tmp_path, dirs_exist_ok=True)
+    p = tiny_params(Path(params.pretrain.backbone), distill=True, distill_strategy="partial", distill_epochs=3)
+    again = ensemble.run(p, other)
+    student = again["student"]
+    assert student["strategy"] == "partial" and student["epochs_run"] >= 1
+    assert "student" in again["comparison"] and again["comparison"]["student"]["test_accuracy"] == student["test_accuracy"]
+    assert student["test_accuracy"] > 0.5  # chance is 1/3
+    assert again["test_accuracy"] == pytest.approx(report["test_accuracy"])  # the ensemble itself is unchanged
+    loaded = load_ensemble(other.ensemble / "student")
+    assert [m.name for m in loaded.members] == ["student"] and len(loaded.encoders) == 1
+    assert loaded.predict(["great love superb"]).shape[0] == 1
+    assert not (paths.ensemble / "student").exists()  # off by default
+
+
+def test_distillation_targets_follow_the_teacher() -> None:
+    """Softening keeps the teacher's ranking and moves probabilities toward uniform."""
+    p = np.array([[0.9, 0.08, 0.02], [0.2, 0.5, 0.3]])
+    q = ensemble.soften(p, 2.0)
+    assert (q.argmax(1) == p.argmax(1)).all() and (q.max(1) < p.max(1)).all() and (q.min(1) > p.min(1)).all()
+    np.testing.assert_allclose(q.sum(1), 1.0)
+    np.testing.assert_allclose(ensemble.soften(p, 1.0), p)

@@ -83,3 +83,90 @@ def test_unknown_member_is_an_error(trained) -> None:
     params, paths, _ = trained
     with pytest.raises(KeyError):
         finetune.train_member(params, paths, "nope")
+
+
+def test_strategy_override_forces_every_member(tiny_backbone: Path) -> None:
+    params = tiny_params(tiny_backbone, strategy="full")
+    assert {m.strategy for m in finetune.effective_members(params)} == {"full"}
+    assert [m.name for m in finetune.effective_members(params)] == [m["name"] for m in MEMBERS]
+    assert [m.strategy for m in finetune.effective_members(tiny_params(tiny_backbone))] == [m["strategy"] for m in MEMBERS]
+    with pytest.raises(ValueError, match="finetune.strategy"):
+        finetune.effective_members(tiny_params(tiny_backbone, strategy="frozen"))
+
+
+def test_contributor_bootstrap_weights() -> None:
+    import numpy as np
+    import pandas as pd
+
+    accepted = pd.DataFrame({"contributor_id": ["a", "a", "b", "c", "c", "d"],
+                             "item_id": ["i1", "i2", "i2", "i3", "i4", "i4"]})
+    w = finetune.contributor_bootstrap_weights(["i1", "i2", "i3", "i4", "i1#aug1", "new"], accepted, seed=3)
+    again = finetune.contributor_bootstrap_weights(["i1", "i2", "i3", "i4", "i1#aug1", "new"], accepted, seed=3)
+    np.testing.assert_array_equal(w, again)
+    assert w[5] == 1.0 and w[4] == 1.0  # no contributor information: unchanged
+    # i1 and i3 have one contributor each (a, c): integer draw counts; i2 = (a+b)/2, i4 = (c+d)/2,
+    # and the 4 contributors are drawn 4 times in all, so w(i2) + w(i4) = 2
+    assert w[0] == int(w[0]) and w[2] == int(w[2])
+    assert w[1] + w[3] == pytest.approx(2.0)
+    weights = [finetune.contributor_bootstrap_weights(["i1", "i2", "i3", "i4"], accepted, s) for s in range(200)]
+    assert np.mean(weights) == pytest.approx(1.0, abs=0.1)  # expectation 1
+    assert any((x == 0).any() for x in weights)  # an item whose contributors were all left out drops
+
+
+def test_contributor_bootstrap_member_trains(trained, tiny_backbone: Path) -> None:
+    import pandas as pd
+
+    from crowdforge import io as cio
+
+    _, paths, _ = trained
+    train = pd.read_parquet(paths.train)
+    contributors = [f"c{i % 7}" for i in range(len(train))]
+    cio.write_parquet(paths.accepted, pd.DataFrame({"contributor_id": contributors, "item_id": train["item_id"]}))
+    params = tiny_params(tiny_backbone, members=[{"name": "boot-c", "strategy": "head", "seed": 9, "bootstrap": True,
+                                                  "bootstrap_unit": "contributor"}])
+    info = finetune.train_member(params, paths, "boot-c")
+    assert 0 < info["n_train"] < len(train)  # some contributors were not drawn
+    assert info["valid_accuracy"] > 0.5
+
+
+def test_finished_members_are_skipped_and_changed_ones_retrained(tiny_backbone: Path, tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    write_toy_blackboard(paths, n_train=60, n_valid=30)
+    members = [{"name": "h", "strategy": "head", "seed": 1, "max_epochs": 3}]
+    first = finetune.run(tiny_params(tiny_backbone, members=members), paths)
+    stamp = (paths.member("h") / "member.json").stat().st_mtime_ns
+    again = finetune.run(tiny_params(tiny_backbone, members=members), paths)
+    assert not first["members"]["h"]["skipped"] and again["members"]["h"]["skipped"]
+    assert (paths.member("h") / "member.json").stat().st_mtime_ns == stamp
+    changed = finetune.run(tiny_params(tiny_backbone, members=members, lr_head=0.01), paths)
+    assert not changed["members"]["h"]["skipped"]
+
+
+def test_partial_member_resumes_after_a_crash_mid_training(tiny_backbone: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    members = [{"name": "p", "strategy": "partial", "seed": 1, "unfreeze_layers": 1, "max_epochs": 3}]
+    params = tiny_params(tiny_backbone, members=members, patience=5)
+    roots = []
+    for sub in ("straight", "crashed"):
+        paths = Paths(tmp_path / sub)
+        write_toy_blackboard(paths, n_train=60, n_valid=30)
+        roots.append(paths)
+    straight = finetune.train_member(params, roots[0], "p")
+
+    def crash(epoch: int) -> None:
+        if epoch == 2:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        finetune.train_member(params, roots[1], "p", on_epoch=crash)
+    assert not roots[1].member("p").exists()
+    assert (roots[1].cache / "checkpoints" / "finetune" / "p.pt").exists()
+    resumed = finetune.train_member(params, roots[1], "p")
+    assert resumed["resumed_from_epoch"] == 2 and straight["resumed_from_epoch"] == 0
+    assert resumed["history"] == straight["history"]
+    a = load_file(str(roots[0].member("p") / "head.safetensors"))
+    b = load_file(str(roots[1].member("p") / "head.safetensors"))
+    np.testing.assert_allclose(a["weight"], b["weight"], atol=1e-6)
+    assert not (roots[1].cache / "checkpoints" / "finetune" / "p.pt").exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +59,28 @@ def write_hostile(root: Path) -> Paths:
     erin = "item_id,text,label\ni1,the bus was late again .,negative\n"
     (c / "erin" / "batch1.csv").write_text(erin)
     (c / "erin" / "batch1 (copy).csv").write_text(erin)
+    # encodings: declared by a sidecar, by a BOM, or wrongly declared
+    (c / "latin1.csv").write_bytes("item_id,text,label\nl1,caf\u00e9 au lait was nice,positive\n".encode("latin-1"))
+    (c / "latin1.csv.encoding").write_text("latin-1\n")
+    (c / "bom8.csv").write_bytes(b"\xef\xbb\xbf" + "item_id,text,label\nb1,bom text is fine,neutral\n".encode())
+    (c / "wide.tsv").write_bytes("item_id\ttext\tlabel\r\nw1\tna\u00efve utf16 text\tpositive\r\n".encode("utf-16"))
+    (c / "rot.csv").write_text("item_id,text,label\nr1,some text,positive\n")
+    (c / "rot.csv.encoding").write_text("rot13")
+    (c / "lonely.csv.encoding").write_text("utf-8")
+    # Parquet, good and corrupt; a pickle is never opened as one
+    pd.DataFrame({"item_id": ["p1", "p2"], "text": ["parquet row one .", None], "label": ["positive", "neutral"],
+                  "contributor_id": ["dave", "dave"]}).to_parquet(c / "dave.parquet")
+    (c / "broken.parquet").write_bytes(b"PAR1" + b"\x00garbage" * 10)
+    (c / "model.pkl").write_bytes(b"\x80\x04\x95cos\nsystem\n")
+    # an oversized record, personal data, a file name with markdown in it, a FIFO
+    (c / "frank.csv").write_text(HEADER + f"frank,f1,{'x' * 200_001},neutral,{TS}\n"
+                                 + f"frank,f2,mail me at frank@example.com please,neutral,{TS}\n"
+                                 + f"frank,f3,call +44 20 7946 0958 today,neutral,{TS}\n"
+                                 + f"frank,f4,card 4111 1111 1111 1111 exp 12/29,neutral,{TS}\n"
+                                 + f"frank,f5,order 1234 5678 9012 3456 is late,neutral,{TS}\n")
+    (c / "x](javascript:alert(1)).csv").write_text("item_id,text,label\nj1,a fine row .,neutral\n")
+    (c / "gina.csv").write_text("item_id,text,label\ng1,=cmd|' /C calc'!A0,@SUM(A1)\n")
+    os.mkfifo(c / "pipe.csv")
     paths.raw.mkdir(parents=True, exist_ok=True)
     (paths.raw / "gold.csv").write_text("item_id,text,label,split\ng1,good .,positive,test\ng2,i1 text,neutral,check\n")
     paths.unlabeled_raw.mkdir()
@@ -89,22 +113,51 @@ def test_every_row_kept_with_provenance(hostile) -> None:
     assert set(subs.loc[subs["source_file"].str.endswith("carol.jsonl"), "contributor_id"]) == {"carol"}
     carol = subs[subs["source_file"].str.endswith("carol.jsonl")]
     assert carol["parse_error"].isna().tolist() == [True, False]
-    # an identical file under another name: both kept, counted as repeated
-    assert (subs["contributor_id"] == "erin").sum() == 2 and report["repeated_rows"] >= 2
-    assert report["rows_in"] == len(subs)
+    # an identical file under another name: both read (rows_in counts them), the later one marked
+    erin = subs[subs["contributor_id"] == "erin"].set_index("source_file")["resubmission_of"]
+    first, second = "data/raw/contributions/erin/batch1 (copy).csv", "data/raw/contributions/erin/batch1.csv"
+    assert erin.isna().to_dict() == {first: True, second: False} and erin[second] == first
+    assert report["resubmitted_files"] == [{"file": second, "same_as": first}] and report["resubmitted_rows"] == 1
+    assert report["rows_in"] == len(subs) == sum(report["rows_by_contributor"].values())
     assert report["skipped"] == [{"file": "data/raw/contributions/.DS_Store", "reason": "hidden file"}]
+    assert subs["file_sha256"].str.fullmatch("[0-9a-f]{64}").sum() >= len(subs) - 3  # symlink, FIFO, orphan sidecar
+
+
+def test_encodings_parquet_and_oversized_records(hostile) -> None:
+    _, report, subs = hostile
+    by_file = subs.set_index("source_file")
+    c = "data/raw/contributions/"
+    assert by_file.loc[c + "latin1.csv", "text"] == "caf\u00e9 au lait was nice"  # declared by its sidecar
+    assert by_file.loc[c + "bom8.csv", "item_id"] == "b1"  # the BOM is not part of the first column name
+    assert by_file.loc[c + "wide.tsv", "text"] == "na\u00efve utf16 text"
+    enc = {f["file"]: f["encoding"] for f in report["files"]}
+    assert (enc[c + "latin1.csv"], enc[c + "wide.tsv"]) == ("iso8859-1", "utf-16-le")
+    assert report["encoding_sidecars"] == [c + "latin1.csv.encoding", c + "rot.csv.encoding"]
+    dave = subs[subs["source_file"] == c + "dave.parquet"]
+    assert dave["item_id"].tolist() == ["p1", "p2"] and dave["source_line"].tolist() == [1, 2]
+    assert json.loads(dave["raw"].iloc[0])["text"] == "parquet row one ." and pd.isna(dave["text"].iloc[1])
+    frank = subs[subs["source_file"] == c + "frank.csv"].set_index("source_line")
+    assert frank.loc[2, "parse_error"].startswith("oversized record")
+    assert len(json.loads(frank.loc[2, "raw"])) == 100_000  # kept up to the limit; the hash covers it all
+    full = f"frank,f1,{'x' * 200_001},neutral,{TS}"
+    assert frank.loc[2, "row_hash"] == hashlib.sha256(full.encode()).hexdigest()
+    assert pd.isna(frank.loc[3, "parse_error"]) and frank.loc[3, "item_id"] == "f2"
 
 
 def test_unreadable_files_become_one_row(hostile) -> None:
     _, report, subs = hostile
-    whole = subs[subs["source_line"] == 0].set_index("source_file")
-    assert set(whole.index) == {f"data/raw/contributions/{n}" for n in ("garbage.csv", "latin.csv", "notes.txt", "mallory.csv")}
-    assert "not UTF-8" in whole.loc["data/raw/contributions/latin.csv", "parse_error"]
-    assert "unsupported file type" in whole.loc["data/raw/contributions/notes.txt", "parse_error"]
-    assert "symbolic link" in whole.loc["data/raw/contributions/mallory.csv", "parse_error"]
+    whole = subs[subs["source_line"] == 0].set_index("source_file")["parse_error"].rename(lambda f: f.split("/")[-1])
+    assert dict(whole.map(lambda e: e.split(": ", 1)[1].split(" (")[0])) == {
+        "broken.parquet": "not a Parquet file", "garbage.csv": "not utf-8 text",
+        "latin.csv": "not utf-8 text", "lonely.csv.encoding": "encoding sidecar without its data file",
+        "mallory.csv": "symbolic link", "model.pkl": "unsupported file type '.pkl'",
+        "notes.txt": "unsupported file type '.txt'", "pipe.csv": "not a regular file",
+        "rot.csv": "'rot13' is not a text encoding",
+    }
+    assert "latin-1" not in whole["latin.csv"] and ".encoding' sidecar" in whole["latin.csv"]  # says how to fix it
     assert not subs["raw"].str.contains("secret").any()
-    assert all("data/raw/contributions/" in e for e in whole["parse_error"])
-    assert sorted(report["unreadable_files"]) == sorted(whole.index)
+    assert sorted(report["unreadable_files"]) == sorted(f"data/raw/contributions/{n}" for n in whole.index)
+    assert "javascript" not in report["summary_md"].replace("`data/raw/contributions/x](javascript", "")
 
 
 def test_unlabeled_gold_and_report(hostile) -> None:
@@ -115,7 +168,7 @@ def test_unlabeled_gold_and_report(hostile) -> None:
     gold = pd.read_parquet(paths.gold)
     assert list(gold.columns) == ["item_id", "text", "label", "split"] and len(gold) == 2
     saved = read_report(paths, "ingest")
-    assert saved["rows_in"] == report["rows_in"] and saved["files_read"] == 9
+    assert saved["rows_in"] == report["rows_in"] and saved["files_read"] == 21
     assert saved["rows_by_contributor"]["alice"] == 13
 
 

@@ -84,3 +84,50 @@ def test_early_stopping_stops_when_valid_stalls() -> None:
     res = fit_head(head, x, np.eye(3)[y], np.ones(len(x)), x, y, np.eye(3)[y], cfg)
     assert res.best_epoch == 1 and res.epochs_run == 3
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
+
+
+def test_frozen_lower_cache_matches_the_full_forward(tiny_backbone: Path) -> None:
+    from crowdforge.modeling.classifier import FrozenLowerCache, encoder_layers, run_layers
+    from crowdforge.modeling.inference import mean_pool
+
+    enc, tok = load_encoder(str(tiny_backbone))
+    model = MeanPoolClassifier(enc, new_head(32, 3, 0))
+    model.set_strategy("partial", unfreeze_layers=1)
+    model.eval()
+    texts = ["a short one", "a much longer text with many more words in it", "x"]
+    cache = FrozenLowerCache(enc, tok, texts, 16, n_frozen_layers=1)
+    h, mask = cache.batch([2, 0, 1])
+    with torch.no_grad():
+        cached = model.head(mean_pool(run_layers(enc, h, mask, encoder_layers(enc)[1:]), mask))
+        batch = tok([texts[i] for i in (2, 0, 1)], padding=True, truncation=True, max_length=16, return_tensors="pt")
+        direct = model(batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(cached, direct, atol=1e-5, rtol=1e-5)
+
+
+def test_length_grouped_batches_cover_every_row_once() -> None:
+    from crowdforge.modeling.classifier import batch_order
+
+    lengths = np.random.default_rng(0).integers(1, 60, 1000)
+    batches = batch_order(1000, 8, np.random.default_rng(1), lengths)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert all(len(b) <= 8 for b in batches)
+    # less padding than random batches: the mean within-batch length spread shrinks
+    spread = lambda bs: np.mean([lengths[b].max() - lengths[b].min() for b in bs])  # noqa: E731
+    assert spread(batches) < 0.2 * spread(batch_order(1000, 8, np.random.default_rng(1)))
+
+
+def test_cached_and_uncached_partial_training_agree(tiny_backbone: Path) -> None:
+    from crowdforge.modeling.toy import toy_texts
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 48)
+    texts = toy_texts([["negative", "neutral", "positive"][i] for i in y], rng)
+    q, w = np.eye(3)[y], np.ones(48)
+    cfg = FitConfig(batch_size=16, max_epochs=2, patience=5, lr_head=0.05, lr_backbone=1e-3, seed=3)
+    results = []
+    for cache in (True, False):
+        enc, tok = load_encoder(str(tiny_backbone))
+        model = MeanPoolClassifier(enc, new_head(32, 3, 0))
+        model.set_strategy("partial", unfreeze_layers=1)
+        results.append(clf.fit_classifier(model, tok, texts, q, w, texts[:12], y[:12], q[:12], 24, cfg, cache_frozen=cache))
+    assert [h["valid_nll"] for h in results[0].history] == pytest.approx([h["valid_nll"] for h in results[1].history], rel=1e-4)

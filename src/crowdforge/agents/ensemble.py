@@ -10,11 +10,20 @@ fitted by minimising valid NLL plus a small ridge penalty on ``a`` that pulls to
 weights (robust when valid is small). The report compares this with plain averaging (uniform
 weights, uncalibrated) and majority vote.
 
+Distillation (``ensemble.distill``, off by default): the calibrated ensemble's probabilities on
+the training texts, softened by ``distill_temperature``, become the soft targets of ONE student
+(a mean-pooled encoder + head trained with ``distill_strategy``), as in Hinton et al. 2015,
+"Distilling the Knowledge in a Neural Network". The student is temperature-scaled on valid like a
+member and saved as a one-member ensemble in ``models/ensemble/student/`` (same format, same
+``load_ensemble``), so serving it costs one encoder pass instead of one per distinct encoder.
+
 The gold ``test`` split is read only here, after everything is fitted, and only for evaluation;
 ``test_set_hash`` identifies it so later comparisons (promote) can check they use the same items.
 
-reads  models/members/<name>/, models/pretrained/, data/processed/valid.parquet, data/interim/gold.parquet
-writes models/ensemble/ (self-contained, see crowdforge.modeling.inference), reports/ensemble.json
+reads  models/members/<name>/, models/pretrained/, data/processed/valid.parquet, data/interim/gold.parquet,
+       data/processed/train_augmented.parquet (only with ``distill``)
+writes models/ensemble/ (self-contained, see crowdforge.modeling.inference; ``student/`` with
+       ``distill``), reports/ensemble.json
 """
 
 from __future__ import annotations
@@ -172,6 +181,56 @@ def calibrate_and_weight(
         m.ensemble_weight = float(w)
 
 
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Distillation targets ``softmax(log p / tau)``: the teacher's ranking, flattened for ``tau > 1``
+    so the student also learns how the non-top classes compare (Hinton et al.'s "dark knowledge")."""
+    return softmax(np.log(np.clip(probs, 1e-12, None)) / temperature)
+
+
+def distill_student(ens: Ensemble, params: Params, train_texts: Sequence[str], valid_texts: Sequence[str],
+                    y_valid: np.ndarray, encoder_source: str) -> tuple[Ensemble, dict[str, Any]]:
+    """Train one student on the ensemble's softened probabilities (Hinton et al. 2015).
+
+    Targets ``softmax(log p_ens / tau)`` on ``train_texts``; the student's logits are divided by the
+    same ``tau`` in the loss; early stopping on the valid labels; then temperature scaling on valid.
+    Returns the student as a one-member :class:`Ensemble` and its training summary.
+    """
+    import torch
+
+    from crowdforge.modeling.classifier import FitConfig, MeanPoolClassifier, fit_classifier, fit_head, load_encoder, new_head
+    from crowdforge.modeling.inference import encode_texts
+
+    ep, ft = params.ensemble, params.finetune
+    tau = float(ep.distill_temperature)
+    classes = ens.classes
+    teacher = ens.predict_proba(list(train_texts))
+    q = soften(teacher, tau)
+    q_valid = np.eye(len(classes))[y_valid]
+    cfg = FitConfig(batch_size=ft.batch_size, max_epochs=ep.distill_epochs, patience=ft.patience,
+                    lr_head=ft.lr_head, lr_backbone=ft.lr_backbone, seed=ft.seed * 1000 + 999, temperature=tau)
+    torch.manual_seed(cfg.seed)
+    encoder, tokenizer = load_encoder(encoder_source)
+    head = new_head(int(encoder.config.hidden_size), len(classes), cfg.seed)
+    w = np.ones(len(train_texts))
+    if ep.distill_strategy == "head":
+        x = encode_texts(encoder, tokenizer, list(train_texts), ft.max_length)
+        xv = encode_texts(encoder, tokenizer, list(valid_texts), ft.max_length)
+        result = fit_head(head, x, q, w, xv, y_valid, q_valid, cfg)
+    else:
+        model = MeanPoolClassifier(encoder, head)
+        model.set_strategy(ep.distill_strategy, unfreeze_layers=2)
+        result = fit_classifier(model, tokenizer, train_texts, q, w, valid_texts, y_valid, q_valid, ft.max_length,
+                                cfg, cache_frozen=ft.cache_frozen)
+    student = Ensemble(classes, tokenizer, {"student": encoder},
+                       [Member("student", "student", head.weight.detach().numpy().copy(), head.bias.detach().numpy().copy(),
+                               meta={"strategy": ep.distill_strategy, "distilled_from": [m.name for m in ens.members]})],
+                       ens.max_length)
+    calibrate_and_weight(student, student.member_logits(list(valid_texts)), q_valid, params.ensemble.calibrate)
+    info = {"strategy": ep.distill_strategy, "temperature": tau, "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch, "n_train": len(train_texts), "train_seconds": round(result.train_seconds, 3)}
+    return student, info
+
+
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     start = time.perf_counter()
     threads = set_torch_threads(params.runtime.torch_threads)
@@ -211,6 +270,21 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         }
         for m in ens.members
     }
+    student, student_info = None, None
+    if params.ensemble.distill:
+        if params.ensemble.distill_strategy not in ("head", "partial", "full"):
+            raise ValueError(f"ensemble.distill_strategy must be head|partial|full, got {params.ensemble.distill_strategy!r}")
+        from crowdforge.agents.finetune import encoder_source
+
+        train_texts = pd.read_parquet(paths.train, columns=["text"])["text"].astype(str).tolist()
+        student, student_info = distill_student(ens, params, train_texts, v_texts, y_valid, encoder_source(paths, params)[0])
+        student_probs = student.predict_proba(test["text"].astype(str).tolist())
+        student_info.update({f"test_{k}": v for k, v in classification_metrics(student_probs, y_test, len(classes)).items()})
+        student_info["temperature_fitted"] = student.members[0].temperature
+        comparison["student"] = {f"test_{k}": v for k, v in classification_metrics(student_probs, y_test, len(classes)).items()}
+        comparison["student"].update({f"valid_{k}": v for k, v in classification_metrics(
+            student.predict_proba(v_texts), y_valid, len(classes)).items()})
+
     best = comparison["weighted"]
     metrics = {
         "classes": classes,
@@ -227,10 +301,14 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "calibration_target": target,
         "members": members,
         "comparison": comparison,
+        "student": student_info,
         "torch_threads": threads,
     }
     with io.atomic_dir(paths.ensemble) as tmp:
         ens.save(tmp, extra={"test_set_hash": metrics["test_set_hash"], "test_accuracy": metrics["test_accuracy"]})
+        if student is not None:
+            student.save(tmp / "student", extra={"test_set_hash": metrics["test_set_hash"],
+                                                 "test_accuracy": student_info["test_accuracy"]})
     metrics["seconds"] = round(time.perf_counter() - start, 3)
 
     lines = ["# ensemble", "",

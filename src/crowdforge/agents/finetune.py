@@ -4,23 +4,43 @@ Each member in ``params.finetune.members`` is a mean-pooled encoder + linear hea
 reputation stage's soft labels (``prob_<class>``), weighted per example (``weight``), with early
 stopping on the held-out ``valid`` split. Diversity for the ensemble comes from the transfer
 strategy (``head`` / ``partial`` / ``full``, see ``crowdforge.modeling.classifier``), the seed and
-optional bootstrap resampling of the training rows (bagging).
+optional bootstrap resampling (bagging, Breiman 1996) with one of two units:
+
+- ``bootstrap_unit: row``: training rows are drawn with replacement (classic bagging).
+- ``bootstrap_unit: contributor``: contributors are drawn with replacement (a cluster bootstrap).
+  ``labels.parquet`` has one row per item, so the per-item contributors come from
+  ``data/interim/accepted.parquet``; an item's weight is multiplied by the share of its labels whose
+  contributor was drawn (counting repeats), so an item only labelled by undrawn contributors drops
+  out of that member. The soft labels themselves are not re-inferred. Labels of one contributor are
+  correlated (same skill, same biases), so resampling contributors rather than rows gives members
+  that disagree where the data depends on a few people, which is what the ensemble should hedge.
+
+``finetune.strategy`` (``null`` by default) forces one strategy on every member, so
+``dvc exp run -S finetune.strategy=full`` is a one-key experiment; members keep their names.
+
+Resumable: a member whose folder holds a ``member.json`` with the same fingerprint (member and
+finetune params, train/valid content, encoder content) is skipped; ``partial``/``full`` members save
+a checkpoint after every epoch under ``.crowdforge/checkpoints/finetune/`` and a re-run after a kill
+continues from the last finished epoch (same shuffles, same dropout: see ``_early_stopping``).
 
 ``train_member`` trains ONE member (the Prefect flow calls it per member, possibly concurrently in
 threads) and returns its ``member.json``; ``write_report`` turns those results (or, without them,
 the ``member.json`` files on disk) into reports/finetune.json; ``run`` does both for all members.
 
 reads  data/processed/train_augmented.parquet, data/processed/valid.parquet,
-       models/pretrained/ (falls back to ``pretrain.backbone`` if absent)
+       models/pretrained/ (falls back to ``pretrain.backbone`` if absent),
+       data/interim/accepted.parquet (only for ``bootstrap_unit: contributor``)
 writes models/members/<name>/ (member.json, head.safetensors, encoder/ only if it was trained),
        reports/finetune.json
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +50,9 @@ import torch
 
 from crowdforge import io
 from crowdforge.config import MemberParams, Params
-from crowdforge.modeling.backbone import resolve_backbone
+from crowdforge.modeling.backbone import backbone_fingerprint, resolve_backbone
 from crowdforge.modeling.classifier import (
+    STRATEGIES,
     FitConfig,
     MeanPoolClassifier,
     cached_embeddings,
@@ -49,11 +70,69 @@ HEAD_FILE = "head.safetensors"
 ENCODER_DIR = "encoder"
 
 
+BOOTSTRAP_UNITS = ("row", "contributor")
+
+
+def effective_members(params: Params) -> tuple[MemberParams, ...]:
+    """The members as trained: ``finetune.strategy`` (when set) overrides every member's strategy."""
+    forced = params.finetune.strategy
+    if forced is not None and forced not in STRATEGIES:
+        raise ValueError(f"finetune.strategy must be null or one of {STRATEGIES}, got {forced!r}")
+    members = tuple(replace(m, strategy=forced) if forced else m for m in params.finetune.members)
+    for m in members:
+        if m.bootstrap_unit not in BOOTSTRAP_UNITS:
+            raise ValueError(f"member {m.name}: bootstrap_unit must be one of {BOOTSTRAP_UNITS}, got {m.bootstrap_unit!r}")
+    return members
+
+
 def member_params(params: Params, name: str) -> MemberParams:
-    for m in params.finetune.members:
+    for m in effective_members(params):
         if m.name == name:
             return m
     raise KeyError(f"no member {name!r} in finetune.members ({[m.name for m in params.finetune.members]})")
+
+
+def row_bootstrap(n: int, seed: int) -> np.ndarray:
+    """Row indices drawn with replacement (bagging)."""
+    return np.random.default_rng(seed).integers(0, n, n)
+
+
+def contributor_bootstrap_weights(item_ids: Sequence[str], accepted: pd.DataFrame | None, seed: int) -> np.ndarray:
+    """Per-row weight multipliers from resampling contributors with replacement.
+
+    ``accepted`` gives the ``(contributor_id, item_id)`` pairs. With ``c_j`` the number of times
+    contributor ``j`` was drawn, an item labelled by contributors ``J_i`` gets
+    ``sum_{j in J_i} c_j / |J_i|`` (expectation 1); items without any contributor row keep 1.
+    """
+    ids = [str(i) for i in item_ids]
+    if accepted is None or accepted.empty:
+        return np.ones(len(ids))
+    pairs = accepted[["contributor_id", "item_id"]].dropna().astype(str)
+    contributors = np.sort(pairs["contributor_id"].unique())
+    draws = np.random.default_rng(seed).integers(0, len(contributors), len(contributors))
+    count = pd.Series(np.bincount(draws, minlength=len(contributors)), index=contributors)
+    per_item = pairs.assign(c=pairs["contributor_id"].map(count)).groupby("item_id")["c"].mean()
+    return pd.Series(ids).map(per_item).fillna(1.0).to_numpy(dtype=np.float64)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def member_fingerprint(params: Params, paths: Paths, m: MemberParams, backbone: str) -> str:
+    """What a finished member depends on; a member folder with the same fingerprint is reused."""
+    ft = {k: v for k, v in asdict(params.finetune).items() if k not in ("members", "strategy", "checkpoint")}
+    h = hashlib.sha256(json.dumps({"member": asdict(m), "finetune": ft, "classes": list(params.data.classes)},
+                                  sort_keys=True, default=str).encode())
+    inputs = [paths.train, paths.valid] + ([paths.accepted] if m.bootstrap and m.bootstrap_unit == "contributor" else [])
+    for f in inputs:
+        h.update(_file_digest(f).encode() if f.exists() else b"-")
+    h.update(backbone_fingerprint(backbone).encode())
+    return h.hexdigest()
 
 
 def load_split(path: Path, classes: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
@@ -86,11 +165,23 @@ def encoder_source(paths: Paths, params: Params) -> tuple[str, dict[str, Any]]:
     return resolve_backbone(params.pretrain.backbone), {"kind": "base", "name": params.pretrain.backbone}
 
 
-def train_member(params: Params, paths: Paths, name: str, threads: int | None = None) -> dict[str, Any]:
+def finished_member(params: Params, paths: Paths, name: str) -> dict[str, Any] | None:
+    """The member.json of ``name`` if it is already trained on exactly the current inputs."""
+    file = paths.member(name) / MEMBER_FILE
+    if not file.exists():
+        return None
+    info = io.read_json(file)
+    backbone, _ = encoder_source(paths, params)
+    return info if info.get("fingerprint") == member_fingerprint(params, paths, member_params(params, name), backbone) else None
+
+
+def train_member(params: Params, paths: Paths, name: str, threads: int | None = None,
+                 on_epoch: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train one member and write ``models/members/<name>/`` atomically; returns its member.json.
 
     Torch threads are process-wide: ``threads`` (if given) sets them, else the caller's setting
-    (``run``, the CLI or the flow) is kept.
+    (``run``, the CLI or the flow) is kept. ``on_epoch`` is called after each epoch of a
+    ``partial``/``full`` member (after its checkpoint is saved).
     """
     from safetensors.torch import save_file
     from transformers import set_seed
@@ -107,11 +198,19 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
 
     texts, q, w, _ = load_split(paths.train, classes)
     v_texts, v_q, _, v_y = load_split(paths.valid, classes)
-    # bagging: resample rows with replacement (after caching, so bootstrapped heads reuse the cache)
-    rows = (np.random.default_rng(seed).integers(0, len(texts), len(texts)) if m.bootstrap
-            else np.arange(len(texts)))
+    # bagging (after caching, so bootstrapped heads reuse the cache)
+    rows = np.arange(len(texts))
+    if m.bootstrap and m.bootstrap_unit == "row":
+        rows = row_bootstrap(len(texts), seed)
+    elif m.bootstrap:
+        train_df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id"])
+        src = train_df["source_item_id"].fillna(train_df["item_id"]).astype(str)
+        accepted = pd.read_parquet(paths.accepted, columns=["contributor_id", "item_id"]) if paths.accepted.exists() else None
+        w = w * contributor_bootstrap_weights(src.tolist(), accepted, seed)
+        rows = np.flatnonzero(w > 0)
 
     backbone, source = encoder_source(paths, params)
+    fingerprint = member_fingerprint(params, paths, m, backbone)
     if m.strategy == "head":  # the encoder is loaded only on a cache miss
         cache = paths.cache / "embeddings"
         x = cached_embeddings(backbone, texts, ft.max_length, cache)[rows]
@@ -128,12 +227,16 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         head = new_head(hidden, len(classes), seed)
         model = MeanPoolClassifier(encoder, head)
         n_trainable = model.set_strategy(m.strategy, m.unfreeze_layers)
-        result = fit_classifier(model, tokenizer, texts, q, w, v_texts, v_y, v_q, ft.max_length, cfg)
+        ckpt = paths.cache / "checkpoints" / "finetune" / f"{m.name}.pt" if ft.checkpoint else None
+        result = fit_classifier(model, tokenizer, texts, q, w, v_texts, v_y, v_q, ft.max_length, cfg,
+                                cache_frozen=ft.cache_frozen, checkpoint_path=ckpt, checkpoint_key=fingerprint,
+                                on_epoch=on_epoch)
 
     info: dict[str, Any] = {
         "name": m.name,
         "strategy": m.strategy,
         "member": asdict(m),
+        "fingerprint": fingerprint,
         "seed": seed,
         "classes": classes,
         "max_length": ft.max_length,
@@ -152,6 +255,9 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         "examples_seen": result.examples_seen,
         "train_seconds": round(result.seconds, 3),
         "examples_per_s": round(result.examples_seen / max(result.seconds, 1e-9), 1),
+        "train_examples_per_s": round(result.examples_seen / max(result.train_seconds, 1e-9), 1),
+        "seconds_per_epoch": round(result.train_seconds / max(result.epochs_run - result.resumed_from_epoch, 1), 4),
+        "resumed_from_epoch": result.resumed_from_epoch,
         "history": result.history,
         "torch_threads": threads,
     }
@@ -162,6 +268,8 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
             tokenizer.save_pretrained(tmp / ENCODER_DIR)
         info["seconds"] = round(time.perf_counter() - start, 3)
         io.write_json(tmp / MEMBER_FILE, info)
+    if m.strategy != "head" and ft.checkpoint:
+        ckpt.unlink(missing_ok=True)  # the member is saved: its epoch checkpoint is spent
     return info
 
 
@@ -169,12 +277,14 @@ def write_report(params: Params, paths: Paths, results: Sequence[dict[str, Any]]
     """Write reports/finetune.json from ``train_member`` results (default: the member.json files)."""
     by_name = {r["name"]: r for r in (results or [])}
     members: dict[str, Any] = {}
-    for m in params.finetune.members:
+    for m in effective_members(params):
         info = by_name.get(m.name) or io.read_json(paths.member(m.name) / MEMBER_FILE)
-        members[m.name] = {k: info[k] for k in (
+        members[m.name] = {k: info.get(k) for k in (
             "strategy", "seed", "valid_accuracy", "valid_nll", "best_epoch", "epochs_run", "n_train",
-            "trainable_params", "seconds", "train_seconds", "examples_per_s")}
-        members[m.name]["bootstrap"] = m.bootstrap
+            "trainable_params", "seconds", "train_seconds", "examples_per_s", "train_examples_per_s",
+            "seconds_per_epoch", "resumed_from_epoch")}
+        members[m.name]["bootstrap"] = m.bootstrap and m.bootstrap_unit
+        members[m.name]["skipped"] = bool(info.get("skipped", False))
     best = max(members, key=lambda k: members[k]["valid_accuracy"])
     lines = ["# finetune", "", "| member | strategy | valid acc | epochs | seconds | examples/s |", "|---|---|---|---|---|---|"]
     for k, v in members.items():
@@ -186,7 +296,11 @@ def write_report(params: Params, paths: Paths, results: Sequence[dict[str, Any]]
 
 
 def run(params: Params, paths: Paths) -> dict[str, Any]:
-    """Train every member in turn, then write the report."""
+    """Train every member in turn (skipping members already trained on the same inputs), then
+    write the report."""
     set_torch_threads(params.runtime.torch_threads)
-    results = [train_member(params, paths, m.name) for m in params.finetune.members]
+    results = []
+    for m in effective_members(params):
+        done = finished_member(params, paths, m.name)
+        results.append({**done, "skipped": True} if done else train_member(params, paths, m.name))
     return write_report(params, paths, results)

@@ -2,56 +2,66 @@
 
 Nothing is dropped and nothing is judged here (that is validate's job): every record of every
 file under ``data/raw/contributions/`` becomes exactly one row of ``submissions.parquet``. A row
-that cannot be parsed (wrong field count, bad quoting, NUL byte) keeps its original text in
-``raw`` and says why in ``parse_error``; a file that cannot be read at all (binary, bad encoding,
-unsupported type) becomes one row naming the file. Provenance on every row: ``source_file``
-(relative to the project root), ``source_line`` (1-based physical line where the record starts,
-header = line 1; row number for Parquet; 0 for a whole-file row), ``row_hash`` (sha256 of the
-record's original text without its line end) and ``raw`` (that text as a JSON string; a JSON
-object for Parquet rows and unreadable files).
+that cannot be parsed (wrong field count, bad quoting, NUL byte, oversized record, bad JSON) keeps
+its original text in ``raw`` and says why in ``parse_error``; a file that cannot be read at all
+(binary, undecodable, unsupported type, symlink, FIFO, corrupt Parquet) becomes one row naming the
+file (``source_line`` 0), and the run goes on.
+
+Formats and encodings: see :mod:`crowdforge.ingestion.readers` (CSV, TSV, JSON Lines, Parquet;
+BOM, ``<file>.encoding`` sidecar, ``ingest.default_encoding``).
+
+Provenance on every row: ``source_file`` (relative to the project root), ``source_line`` (1-based
+physical line where the record starts, header = line 1; row number for Parquet; 0 for a whole-file
+row), ``row_hash`` (sha256 of the record's original text without its line end; of the bytes for a
+whole-file row), ``raw`` (that text as a JSON string; a JSON object for JSON Lines and Parquet
+rows), ``file_sha256`` (the whole file's content hash).
+
+Re-submissions: a file whose bytes equal an earlier file's (walk order: sorted paths) is still
+read - ``rows_in`` counts every row received - but its rows carry ``resubmission_of`` (the first
+copy's ``source_file``) and validate quarantines them as ``resubmitted``; so a file sent twice adds
+nothing. Rows repeated inside different files are validate's ``duplicate``.
 
 The contributor is the ``contributor_id`` column when present and non-empty, else the name of the
 first folder under ``contributions/`` (``<cid>/...``) or the file name without suffix
-(``<cid>.csv``). Ids are only ever data: no path is built from them.
+(``<cid>.csv``). Ids and file names are only ever data: no path is built from them.
 
-Re-submitted identical rows are kept (``rows_in`` counts everything received); validate
-quarantines them as ``duplicate``. The report counts them as ``repeated_rows``.
+Memory: files are streamed (:mod:`~crowdforge.ingestion.readers`) and rows are written to the
+Parquet file every ``ingest.chunk_rows`` rows, so memory is bounded by the chunk, not the data.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io as _io
-import json
 import math
 import os
-import re
-from collections.abc import Callable, Iterable, Iterator
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from crowdforge import io
-from crowdforge.config import Params
+from crowdforge.config import IngestParams, Params
+from crowdforge.ingestion import readers
+from crowdforge.ingestion.readers import FIELDS, RawRow, Unreadable, sha256
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
+from crowdforge.safety import open_regular_file
 
-FIELDS = ["contributor_id", "item_id", "text", "label", "submitted_at"]
-REQUIRED_HEADER = ("item_id", "text", "label")
-SUBMISSION_COLUMNS = FIELDS + ["source_file", "source_line", "row_hash", "raw", "parse_error"]
+FIELDS_LIST = list(FIELDS)
+SUBMISSION_COLUMNS = FIELDS_LIST + ["source_file", "source_line", "row_hash", "raw", "parse_error",
+                                    "file_sha256", "resubmission_of"]
 GOLD_COLUMNS = ["item_id", "text", "label", "split"]
 GOLD_SPLITS = ("check", "test")
-DELIMITED = {".csv": ",", ".tsv": "\t"}
-JSON_LINES = (".jsonl", ".ndjson")
-MAX_RECORD_LINES = 200  # a quoted field may span lines, but an unclosed quote must not eat the file
-_LINE = re.compile(r"[^\n]*\n|[^\n]+$")
+MAX_SIDECAR_BYTES = 64
+MAX_REPORTED_ERRORS = 100
 
 
-def sha256(text: str | bytes) -> str:
-    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    return hashlib.sha256(data).hexdigest()
+def submissions_schema():  # noqa: ANN201 - pyarrow is imported lazily
+    import pyarrow as pa
+
+    return pa.schema([(c, pa.int64() if c == "source_line" else pa.string()) for c in SUBMISSION_COLUMNS])
 
 
 def contributor_from_path(rel: Path) -> str:
@@ -64,201 +74,241 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or value == ""
 
 
-def _row(cid: str, fields: dict[str, Any] | None, source: str, line: int, original: str,
-         raw: str | None = None, error: str | None = None) -> dict[str, Any]:
+def to_row(cid: str, r: RawRow, source: str, file_hash: str | None, resub: str | None) -> dict[str, Any]:
     """One submissions row; empty strings become null, the contributor falls back to the path."""
-    out: dict[str, Any] = {f: None for f in FIELDS}
-    if fields is not None and error is None and any("\x00" in str(fields.get(f) or "") for f in FIELDS):
-        error = "NUL byte in row"  # also for JSON Lines / Parquet input
-    if fields is not None and error is None:
-        for f in FIELDS:
-            v = fields.get(f)
-            out[f] = None if _blank(v) else str(v)
+    out: dict[str, Any] = dict.fromkeys(FIELDS)
+    error = r.error
+    if r.fields is not None and error is None:
+        values = {f: None if _blank(r.fields.get(f)) else str(r.fields.get(f)) for f in FIELDS}
+        if any(v is not None and "\x00" in v for v in values.values()):
+            error = "NUL byte in row"  # also for JSON Lines / Parquet input
+        else:
+            out = values
     if out["contributor_id"] is None:
         out["contributor_id"] = cid
-    out.update(source_file=source, source_line=line, row_hash=sha256(original),
-               raw=raw if raw is not None else json.dumps(original, ensure_ascii=False), parse_error=error)
+    out.update(source_file=source, source_line=r.line, row_hash=r.full_hash or sha256(r.original),
+               raw=r.raw, parse_error=error, file_sha256=file_hash, resubmission_of=resub)
     return out
 
 
-def split_records(text: str, accept: Callable[[str], bool] = lambda r: True) -> Iterator[tuple[int, str, str | None]]:
-    """Yield ``(first line number, record text without line end, error or None)`` per record.
+def unreadable_row(cid: str, source: str, reason: str, file_hash: str | None, size: int | None) -> dict[str, Any]:
+    """The one row that stands for a file that cannot be read at all."""
+    import json
 
-    A record is one physical line, or several when a quoted field holds a newline (detected by
-    quote parity, and kept only if ``accept(record)``). An unclosed quote is reported on its own
-    line, so the rows after it are still read - ``csv.reader`` would swallow the rest of the file.
-    """
-    lines = _LINE.findall(text)
-    i = 0
-    while i < len(lines):
-        acc, j = lines[i], i
-        while acc.count('"') % 2 and j + 1 < len(lines) and j - i < MAX_RECORD_LINES:
-            j += 1
-            acc += lines[j]
-        record = acc.rstrip("\r\n")
-        if acc.count('"') % 2 or (j > i and not accept(record)):
-            yield i + 1, lines[i].rstrip("\r\n"), "unterminated quote"
-            i += 1
-            continue
-        yield i + 1, record, None
-        i = j + 1
-
-
-def _parse_fields(record: str, delimiter: str) -> list[str]:
-    rows = list(csv.reader(_io.StringIO(record, newline=""), delimiter=delimiter, strict=True))
-    if len(rows) != 1:
-        raise csv.Error(f"record parses into {len(rows)} rows")
-    return rows[0]
-
-
-def parse_delimited(text: str, source: str, cid: str, delimiter: str) -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV file; every non-blank record after the header yields exactly one row."""
-    header: list[str] = []
-
-    def accept(record: str) -> bool:  # a multi-line record must parse into the header's shape
-        try:
-            return not header or len(_parse_fields(record, delimiter)) == len(header)
-        except csv.Error:
-            return False
-
-    out: list[dict[str, Any]] = []
-    header_line: int | None = None
-    bad_header = ""
-    for line, record, err in split_records(text, accept):
-        if not record.strip():
-            continue
-        if header_line is None:
-            header_line = line
-            try:
-                header = [h.strip().lower() for h in _parse_fields(record, delimiter)] if err is None else []
-            except csv.Error:
-                header = []
-            missing = [c for c in REQUIRED_HEADER if c not in header]
-            if "\x00" in record:
-                bad_header = "binary content (NUL byte in header)"
-            elif missing:
-                bad_header = f"header lacks column(s) {missing}"
-            elif len(set(header)) != len(header):
-                bad_header = "duplicate column names in header"
-            else:
-                continue
-            header = []
-        if header_line is not None and not header:  # unusable header: keep every line as an error
-            out.append(_row(cid, None, source, line, record, error=f"unusable header (line {header_line}): {bad_header}"))
-            continue
-        if err is None and "\x00" in record:
-            err = "NUL byte in row"
-        values: list[str] = []
-        if err is None:
-            try:
-                values = _parse_fields(record, delimiter)
-                if len(values) != len(header):
-                    err = f"expected {len(header)} fields, got {len(values)}"
-            except csv.Error as exc:
-                err = f"bad quoting: {exc}"
-        if err is not None:
-            out.append(_row(cid, None, source, line, record, error=err))
-        else:
-            out.append(_row(cid, dict(zip(header, values)), source, line, record))
-    return out
-
-
-def parse_json_lines(text: str, source: str, cid: str) -> list[dict[str, Any]]:
-    out = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        record = line.rstrip("\r")
-        if not record.strip():
-            continue
-        try:
-            obj = json.loads(record)
-            if not isinstance(obj, dict):
-                raise ValueError(f"expected a JSON object, got {type(obj).__name__}")  # noqa: TRY004
-            out.append(_row(cid, obj, source, n, record, raw=record))
-        except ValueError as exc:
-            out.append(_row(cid, None, source, n, record, raw=json.dumps(record, ensure_ascii=False),
-                            error=f"bad JSON: {exc}"))
-    return out
-
-
-def parse_parquet(data: bytes, source: str, cid: str) -> list[dict[str, Any]]:
-    df = pd.read_parquet(_io.BytesIO(data))
-    out = []
-    for n, rec in enumerate(df.astype(object).where(df.notna(), None).to_dict("records"), start=1):
-        raw = json.dumps(rec, ensure_ascii=False, sort_keys=True, default=str)
-        out.append(_row(cid, rec, source, n, raw, raw=raw))
-    return out
-
-
-def _unreadable(cid: str, source: str, data: bytes, reason: str) -> dict[str, Any]:
-    raw = json.dumps({"file": source, "size": len(data), "sha256": sha256(data)})
-    row = _row(cid, None, source, 0, "", raw=raw, error=f"unreadable file {source}: {reason}")
-    row["row_hash"] = sha256(data)
+    raw = json.dumps({"file": source, "size": size, "sha256": file_hash})
+    row = to_row(cid, RawRow(0, None, "", raw, f"unreadable file: {reason}"), source, file_hash, None)
+    row["row_hash"] = file_hash or sha256(raw)
     return row
 
 
-def read_contribution_file(path: Path, source: str, cid: str) -> list[dict[str, Any]]:
-    """All rows of one contribution file; never raises for bad content."""
+@dataclass
+class FileResult:
+    """What reading one file gave: its rows (streamed) and, after exhaustion, its stats."""
+
+    source: str
+    rows: int = 0
+    parse_errors: int = 0
+    encoding: str | None = None
+    resubmission_of: str | None = None
+    unreadable: str | None = None
+
+
+def _read_sidecar(path: Path) -> str:
+    with open_regular_file(path) as fh:
+        data = fh.read(MAX_SIDECAR_BYTES + 1)
+    if len(data) > MAX_SIDECAR_BYTES:
+        raise Unreadable(f"encoding sidecar {path.name!r} is longer than {MAX_SIDECAR_BYTES} bytes")
+    try:
+        return data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise Unreadable(f"encoding sidecar {path.name!r} is not ASCII") from None
+
+
+def read_contribution_file(path: Path, source: str, cid: str, sidecar: Path | None, cfg: IngestParams,
+                           seen: dict[str, str], result: FileResult) -> Iterator[dict[str, Any]]:
+    """Stream the rows of one contribution file; never raises for bad content.
+
+    ``seen`` maps file content hashes to the first file that had them (updated here).
+    """
     suffix = path.suffix.lower()
+    file_hash: str | None = None
+    size: int | None = None
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return [_unreadable(cid, source, b"", f"cannot open ({exc.strerror or exc})")]
-    if suffix == ".parquet":
-        try:
-            return parse_parquet(data, source, cid)
-        except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
-            return [_unreadable(cid, source, data, f"not a Parquet file ({type(exc).__name__})")]
-    if suffix not in DELIMITED and suffix not in JSON_LINES:
-        return [_unreadable(cid, source, data, f"unsupported file type {suffix or '(none)'!r}")]
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        return [_unreadable(cid, source, data, f"not UTF-8 text (byte {exc.start})")]
-    if data.count(b"\x00") > max(8, len(data) // 100):
-        return [_unreadable(cid, source, data, "binary content")]
-    if suffix in JSON_LINES:
-        return parse_json_lines(text, source, cid)
-    return parse_delimited(text, source, cid, DELIMITED[suffix])
+        with open_regular_file(path) as fh:
+            if suffix not in readers.SUPPORTED:
+                file_hash, size = _hash_stream(fh)
+                raise Unreadable(f"unsupported file type {suffix or '(none)'!r}")
+            try:
+                declared = _read_sidecar(sidecar) if sidecar is not None else None
+                scan = readers.scan_file(fh, suffix, declared, cfg.default_encoding)
+            except Unreadable:
+                fh.seek(0)
+                file_hash, size = _hash_stream(fh)
+                raise
+            file_hash, size = scan.sha256, scan.size
+            result.encoding = scan.encoding.codec if scan.encoding else None
+            result.resubmission_of = seen.get(file_hash)
+            seen.setdefault(file_hash, source)
+            if suffix in readers.PARQUET:
+                rows: Iterable[RawRow] = readers.read_parquet(path, cfg.chunk_rows)
+            else:
+                lines = readers.iter_lines(fh, scan.encoding, cfg.max_record_chars)
+                rows = (readers.read_json_lines(lines, cfg.max_record_chars) if suffix in readers.JSON_LINES
+                        else readers.read_delimited(lines, readers.DELIMITED[suffix], cfg.max_record_chars))
+            for r in rows:
+                row = to_row(cid, r, source, file_hash, result.resubmission_of)
+                result.rows += 1
+                result.parse_errors += row["parse_error"] is not None
+                yield row
+    except (Unreadable, OSError) as exc:
+        if result.rows:  # cannot happen for text files (scanned first); Parquet yields its own error row
+            raise
+        reason = str(exc) if isinstance(exc, Unreadable) else f"cannot open ({exc.strerror or exc})"
+        result.unreadable = reason
+        result.rows, result.parse_errors = 1, 1
+        yield unreadable_row(cid, source, reason, file_hash, size)
 
 
-def _walk(base: Path) -> Iterator[tuple[Path, Path, str | None]]:
-    """``(path, path relative to base, skip reason)``, sorted; symlinks are never followed."""
+def _hash_stream(fh) -> tuple[str, int]:  # noqa: ANN001
+    import hashlib
+
+    h, n = hashlib.sha256(), 0
+    for chunk in iter(lambda: fh.read(readers.SCAN_CHUNK), b""):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+@dataclass(frozen=True)
+class Entry:
+    path: Path
+    rel: Path
+    kind: str  # data | hidden | symlink | special | sidecar | orphan_sidecar
+    sidecar: Path | None = None
+
+
+def walk_contributions(base: Path) -> Iterator[Entry]:
+    """Every entry under ``base``, sorted, classified; symlinks are never followed.
+
+    ``<file>.encoding`` next to ``<file>`` is that file's sidecar, not a data file.
+    """
     for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
         dirnames.sort()
-        for name in sorted(filenames) + sorted(d for d in dirnames if (Path(dirpath) / d).is_symlink()):
-            p = Path(dirpath) / name
+        here = Path(dirpath)
+        names = set(filenames)
+        for name in sorted(filenames) + sorted(d for d in dirnames if (here / d).is_symlink()):
+            p = here / name
             rel = p.relative_to(base)
             if any(part.startswith(".") for part in rel.parts):
-                yield p, rel, "hidden"
-            elif p.is_symlink():
-                yield p, rel, "symlink"
-            else:
-                yield p, rel, None
-
-
-def collect_contributions(contrib_dir: Path, root: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Every contribution file under ``contrib_dir`` as one submissions frame plus file stats."""
-    rows: list[dict[str, Any]] = []
-    files: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    if contrib_dir.is_dir():
-        for path, rel, skip in _walk(contrib_dir):
-            source = path.relative_to(root).as_posix() if path.is_relative_to(root) else rel.as_posix()
-            cid = contributor_from_path(rel)
-            if skip == "hidden":
-                skipped.append({"file": source, "reason": "hidden file"})
+                yield Entry(p, rel, "hidden")
                 continue
-            if skip == "symlink":
-                file_rows = [_unreadable(cid, source, b"", "symbolic link (not followed)")]
+            mode = os.lstat(p).st_mode
+            if stat.S_ISLNK(mode):
+                yield Entry(p, rel, "symlink")
+            elif not stat.S_ISREG(mode):
+                yield Entry(p, rel, "special")
+            elif name.endswith(readers.SIDECAR_SUFFIX) and name != readers.SIDECAR_SUFFIX:
+                yield Entry(p, rel, "sidecar" if name[: -len(readers.SIDECAR_SUFFIX)] in names else "orphan_sidecar")
             else:
-                file_rows = read_contribution_file(path, source, cid)
-            rows.extend(file_rows)
-            files.append({
-                "file": source, "rows": len(file_rows),
-                "parse_errors": sum(r["parse_error"] is not None for r in file_rows),
-            })
-    df = pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)
-    return normalise_submissions(df), {"files": files, "skipped": skipped}
+                side = p.with_name(name + readers.SIDECAR_SUFFIX)
+                yield Entry(p, rel, "data", side if name + readers.SIDECAR_SUFFIX in names else None)
+
+
+@dataclass
+class IngestStats:
+    """Counters kept while rows stream past (bounded: per file and per contributor, not per row)."""
+
+    files: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    sidecars: list[str] = field(default_factory=list)
+    rows_in: int = 0
+    by_contributor: dict[str, int] = field(default_factory=dict)
+    parse_errors: int = 0
+    parse_error_rows: list[dict[str, Any]] = field(default_factory=list)
+    unreadable_files: list[str] = field(default_factory=list)
+    resubmitted_files: list[dict[str, str]] = field(default_factory=list)
+    resubmitted_rows: int = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.rows_in += 1
+        cid = str(row["contributor_id"])
+        self.by_contributor[cid] = self.by_contributor.get(cid, 0) + 1
+        if row["parse_error"] is not None:
+            self.parse_errors += 1
+            if len(self.parse_error_rows) < MAX_REPORTED_ERRORS:
+                self.parse_error_rows.append({"file": row["source_file"], "line": int(row["source_line"]),
+                                              "error": row["parse_error"]})
+        if row["resubmission_of"] is not None:
+            self.resubmitted_rows += 1
+
+
+def iter_submissions(contrib_dir: Path, root: Path, cfg: IngestParams, stats: IngestStats) -> Iterator[dict[str, Any]]:
+    """Every row of every contribution file under ``contrib_dir``, in sorted path order."""
+    if not contrib_dir.is_dir():
+        return
+    seen: dict[str, str] = {}
+    for e in walk_contributions(contrib_dir):
+        source = e.path.relative_to(root).as_posix() if e.path.is_relative_to(root) else e.rel.as_posix()
+        cid = contributor_from_path(e.rel)
+        if e.kind == "hidden":
+            stats.skipped.append({"file": source, "reason": "hidden file"})
+            continue
+        if e.kind == "sidecar":
+            stats.sidecars.append(source)
+            continue
+        result = FileResult(source)
+        if e.kind == "data":
+            rows = read_contribution_file(e.path, source, cid, e.sidecar, cfg, seen, result)
+        else:
+            reason = {"symlink": "symbolic link (not followed)", "special": "not a regular file",
+                      "orphan_sidecar": "encoding sidecar without its data file"}[e.kind]
+            result.unreadable = reason
+            result.rows = result.parse_errors = 1
+            rows = iter([unreadable_row(cid, source, reason, None, None)])
+        for row in rows:
+            stats.add(row)
+            yield row
+        if result.unreadable:
+            stats.unreadable_files.append(source)
+        if result.resubmission_of:
+            stats.resubmitted_files.append({"file": source, "same_as": result.resubmission_of})
+        stats.files.append({"file": source, "rows": result.rows, "parse_errors": result.parse_errors,
+                            "encoding": result.encoding})
+
+
+def chunked(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for r in rows:
+        chunk.append(r)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def write_submissions(path: Path, rows: Iterable[dict[str, Any]], chunk_rows: int) -> int:
+    """Stream ``rows`` into a Parquet file (atomically), one row group per chunk; returns the count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = submissions_schema()
+    n = 0
+    with io.atomic_path(path) as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for chunk in chunked(rows, max(1, chunk_rows)):
+                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                n += len(chunk)
+            if n == 0:
+                writer.write_table(schema.empty_table())
+    return n
+
+
+def collect_contributions(contrib_dir: Path, root: Path, cfg: IngestParams | None = None) -> tuple[pd.DataFrame, IngestStats]:
+    """All submissions as one frame (small inputs and tests; ``run`` streams instead)."""
+    stats = IngestStats()
+    rows = list(iter_submissions(contrib_dir, root, cfg or IngestParams(), stats))
+    return normalise_submissions(pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)), stats
 
 
 def normalise_submissions(df: pd.DataFrame) -> pd.DataFrame:
@@ -323,24 +373,20 @@ def read_gold(path: Path, classes: Iterable[str]) -> pd.DataFrame:
     return gold.reset_index(drop=True)
 
 
-def ingest_report(subs: pd.DataFrame, stats: dict[str, Any], unlabeled: pd.DataFrame,
-                  replaced: int, gold: pd.DataFrame) -> dict[str, Any]:
-    errors = subs[subs["parse_error"].notna()]
-    repeated = int(subs.duplicated(["contributor_id", "row_hash"]).sum())
+def ingest_report(stats: IngestStats, unlabeled: pd.DataFrame, replaced: int, gold: pd.DataFrame) -> dict[str, Any]:
     return {
-        "files_read": len(stats["files"]),
-        "files": stats["files"],
-        "skipped": stats["skipped"],
-        "rows_in": len(subs),
-        "rows_by_contributor": {str(k): int(v) for k, v in subs.groupby("contributor_id").size().items()},
-        "n_contributors": int(subs["contributor_id"].nunique()),
-        "parse_errors": len(errors),
-        "parse_error_rows": [
-            {"file": f, "line": int(ln), "error": e}
-            for f, ln, e in errors[["source_file", "source_line", "parse_error"]].head(100).itertuples(index=False)
-        ],
-        "unreadable_files": sorted(set(errors.loc[errors["source_line"] == 0, "source_file"])),
-        "repeated_rows": repeated,
+        "files_read": len(stats.files),
+        "files": stats.files,
+        "skipped": stats.skipped,
+        "encoding_sidecars": stats.sidecars,
+        "rows_in": stats.rows_in,
+        "rows_by_contributor": dict(sorted(stats.by_contributor.items())),
+        "n_contributors": len(stats.by_contributor),
+        "parse_errors": stats.parse_errors,
+        "parse_error_rows": stats.parse_error_rows,
+        "unreadable_files": sorted(stats.unreadable_files),
+        "resubmitted_files": stats.resubmitted_files,
+        "resubmitted_rows": stats.resubmitted_rows,
         "n_unlabeled": len(unlabeled),
         "unlabeled_replaced_chars": replaced,
         "n_gold": len(gold),
@@ -348,22 +394,36 @@ def ingest_report(subs: pd.DataFrame, stats: dict[str, Any], unlabeled: pd.DataF
     }
 
 
+def md_code(text: str, limit: int = 80) -> str:
+    """Contributed text (a file name) shown in markdown as inert code: no links, no HTML."""
+    clean = "".join(c if c.isprintable() else "?" for c in text[:limit]).replace("`", "'")
+    return f"`{clean}`"
+
+
+def summary_md(m: dict[str, Any]) -> str:
+    lines = [
+        "# ingest", "",
+        f"Read **{m['files_read']}** contribution file(s) from **{m['n_contributors']}** contributor(s): "
+        f"**{m['rows_in']}** row(s), {m['parse_errors']} with a parse error, "
+        f"{m['resubmitted_rows']} in {len(m['resubmitted_files'])} re-submitted file(s).",
+    ]
+    if m["unreadable_files"]:
+        lines += ["", "Unreadable files (each quarantined whole by validate):"]
+        lines += [f"- {md_code(f)}" for f in m["unreadable_files"][:20]]
+    if m["skipped"]:
+        lines += ["", f"Skipped {len(m['skipped'])} hidden file(s)."]
+    lines += ["", f"Unlabeled corpus: {m['n_unlabeled']} line(s). Gold: {m['n_gold']} item(s) {m['gold_by_split']}."]
+    return "\n".join(lines) + "\n"
+
+
 def run(params: Params, paths: Paths) -> dict[str, Any]:
-    """Read ``data/raw`` into ``submissions``, ``unlabeled`` and ``gold`` parquet files."""
+    """Stream ``data/raw/contributions`` into ``submissions.parquet``; read unlabeled text and gold."""
     gold = read_gold(paths.gold_raw, params.data.classes)
-    subs, stats = collect_contributions(paths.contributions, paths.root)
+    stats = IngestStats()
+    write_submissions(paths.submissions, iter_submissions(paths.contributions, paths.root, params.ingest, stats),
+                      params.ingest.chunk_rows)
     unlabeled, replaced = read_unlabeled(paths.unlabeled_raw, paths.root)
-    io.write_parquet(paths.submissions, subs)
     io.write_parquet(paths.unlabeled, unlabeled)
     io.write_parquet(paths.gold, gold)
-    metrics = ingest_report(subs, stats, unlabeled, replaced, gold)
-    summary = (
-        f"# ingest\n\nRead {metrics['files_read']} contribution file(s) from "
-        f"{metrics['n_contributors']} contributor(s): {metrics['rows_in']} row(s), "
-        f"{metrics['parse_errors']} with a parse error"
-        + (f" ({len(metrics['unreadable_files'])} unreadable file(s))" if metrics["unreadable_files"] else "")
-        + f", {metrics['repeated_rows']} repeated row(s).\n"
-        f"Unlabeled corpus: {metrics['n_unlabeled']} line(s). Gold: {metrics['n_gold']} item(s) "
-        f"{metrics['gold_by_split']}.\n"
-    )
-    return write_report(paths, "ingest", metrics, summary)
+    metrics = ingest_report(stats, unlabeled, replaced, gold)
+    return write_report(paths, "ingest", metrics, summary_md(metrics))

@@ -87,6 +87,8 @@ class MeanPoolClassifier(nn.Module):
         self.encoder = encoder
         self.head = head
         self._frozen: list[nn.Module] = []
+        self.strategy = "full"
+        self.n_trainable_layers = len(encoder_layers(encoder))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -97,6 +99,9 @@ class MeanPoolClassifier(nn.Module):
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
         trainable = strategy == "full"
+        self.strategy = strategy
+        n_layers = len(encoder_layers(self.encoder))
+        self.n_trainable_layers = {"full": n_layers, "head": 0}.get(strategy, max(0, min(int(unfreeze_layers), n_layers)))
         for p in self.encoder.parameters():
             p.requires_grad_(trainable)
         self._frozen = []
@@ -169,6 +174,70 @@ def cached_embeddings(
         return emb
 
 
+# --- the partial strategy's frozen-lower-layers cache -------------------------------------------
+
+
+def run_layers(encoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor,
+               layers: Sequence[nn.Module]) -> torch.Tensor:
+    """Run ``layers`` (a slice of the encoder's blocks) on ``hidden`` with the encoder's own mask."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    for layer in layers:
+        out = layer(hidden, mask)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id lists into ``(input_ids, attention_mask)`` tensors."""
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    return input_ids, mask
+
+
+class FrozenLowerCache:
+    """Hidden states after the frozen embeddings + lower blocks, computed once per text.
+
+    With the ``partial`` strategy the embeddings and the lower ``L - k`` blocks never change and run
+    without dropout, so their output for a text is a constant: caching it turns every later epoch
+    (and every validation pass) into a forward/backward through the top ``k`` blocks only.
+    Per-text tensors keep their own length; a batch is re-padded to its longest member.
+    """
+
+    def __init__(self, encoder: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int,
+                 n_frozen_layers: int, batch_size: int = 64) -> None:
+        self.ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        self.lengths = np.array([len(x) for x in self.ids])
+        self.hidden_size = int(encoder.config.hidden_size)
+        pad = tokenizer.pad_token_id or 0
+        lower = encoder_layers(encoder)[:n_frozen_layers]
+        self.states: list[torch.Tensor] = [torch.empty(0)] * len(self.ids)
+        was_training = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            for idx in length_batches([" " * n for n in self.lengths], batch_size):
+                input_ids, mask = pad_ids([self.ids[i] for i in idx], pad)
+                h = run_layers(encoder, encoder.embeddings(input_ids=input_ids), mask, lower)
+                for row, i in enumerate(idx):
+                    self.states[i] = h[row, : self.lengths[i]].clone()
+        encoder.train(was_training)
+
+    def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = int(max(self.lengths[i] for i in idx))
+        h = torch.zeros((len(idx), width, self.hidden_size))
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = int(self.lengths[i])
+            h[row, :n] = self.states[i]
+            mask[row, :n] = 1
+        return h, mask
+
+
 # --- training with early stopping ---------------------------------------------------------------
 
 
@@ -180,6 +249,8 @@ class FitConfig:
     lr_head: float = 3e-3
     lr_backbone: float = 5e-5
     seed: int = 0
+    temperature: float = 1.0  # the loss sees logits / temperature (distillation, Hinton et al. 2015)
+    length_grouped: bool = True  # text strategies: batches of similar length (less padding)
 
 
 @dataclass
@@ -191,6 +262,8 @@ class FitResult:
     examples_seen: int
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0  # time in optimisation steps only (no validation, no caching)
+    resumed_from_epoch: int = 0
 
 
 def _valid_metrics(logits: np.ndarray, y_valid: np.ndarray, q_valid: np.ndarray) -> tuple[float, float]:
@@ -200,6 +273,52 @@ def _valid_metrics(logits: np.ndarray, y_valid: np.ndarray, q_valid: np.ndarray)
     return acc, nll
 
 
+def batch_order(n: int, batch_size: int, rng: np.random.Generator,
+                lengths: np.ndarray | None = None) -> list[np.ndarray]:
+    """One epoch's batches. With ``lengths``: shuffle, sort each mega-batch of ``50 x batch_size``
+    by length, cut it into batches and shuffle the batches (as ``LengthGroupedSampler`` in
+    transformers), so a padded batch wastes little compute while the epoch stays random."""
+    order = rng.permutation(n)
+    if lengths is None:
+        return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    mega = 50 * batch_size
+    batches: list[np.ndarray] = []
+    for i in range(0, n, mega):
+        chunk = order[i : i + mega]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@dataclass
+class EpochCheckpoint:
+    """Where ``_early_stopping`` saves its state after every epoch, and how to (re)store the
+    model + optimiser part of it. ``key`` must identify the run; a file with another key is ignored."""
+
+    path: Path
+    key: str
+    get_state: Callable[[], dict[str, Any]]
+    set_state: Callable[[dict[str, Any]], None]
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception:  # a torn or foreign file: start over
+            return None
+        return state if state.get("key") == self.key else None
+
+    def save(self, loop_state: dict[str, Any]) -> None:
+        from crowdforge import io
+
+        with io.atomic_path(self.path) as tmp:
+            torch.save({"key": self.key, "loop": loop_state, "model": self.get_state()}, tmp)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _early_stopping(
     n_train: int,
     cfg: FitConfig,
@@ -207,31 +326,56 @@ def _early_stopping(
     evaluate: Callable[[], tuple[float, float]],
     snapshot: Callable[[], Any],
     restore: Callable[[Any], None],
+    *,
+    lengths: np.ndarray | None = None,
+    checkpoint: EpochCheckpoint | None = None,
+    on_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """Epoch loop: shuffle (own generator), step, evaluate on valid, keep the best, stop after
-    ``patience`` epochs without improvement (accuracy first, valid NLL breaks ties)."""
-    rng = np.random.default_rng(cfg.seed)
+    """Epoch loop: batches from a per-epoch generator, step, evaluate on valid, keep the best, stop
+    after ``patience`` epochs without improvement (accuracy first, valid NLL breaks ties).
+
+    Each epoch's shuffle and dropout are seeded by ``(seed, epoch)`` alone, so a run resumed from
+    the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would have.
+    ``on_epoch(epoch)`` is called after the epoch's checkpoint is written (progress, or a test
+    interrupting the run).
+    """
     start = time.perf_counter()
-    best: tuple[float, float] = (-1.0, float("inf"))
-    best_state, best_epoch, bad, seen = snapshot(), 0, 0, 0
-    history: list[dict[str, float]] = []
-    epoch = 0
-    for epoch in range(1, cfg.max_epochs + 1):
-        order = rng.permutation(n_train)
-        for i in range(0, n_train, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
+    loop: dict[str, Any] = {"epoch": 0, "best": (-1.0, float("inf")), "best_state": snapshot(),
+                            "best_epoch": 0, "bad": 0, "seen": 0, "history": [], "train_seconds": 0.0}
+    resumed = 0
+    saved = checkpoint.load() if checkpoint else None
+    if saved is not None:
+        loop = saved["loop"]
+        checkpoint.set_state(saved["model"])  # type: ignore[union-attr]
+        resumed = int(loop["epoch"])
+    epoch = int(loop["epoch"])
+    stopped = bool(loop.get("stopped", False))
+    while not stopped and epoch < cfg.max_epochs:
+        epoch += 1
+        rng = np.random.default_rng([cfg.seed, epoch])
+        torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
+        t0 = time.perf_counter()
+        for idx in batch_order(n_train, cfg.batch_size, rng, lengths if cfg.length_grouped else None):
             train_step(idx)
-            seen += len(idx)
+            loop["seen"] += len(idx)
+        loop["train_seconds"] += time.perf_counter() - t0
         acc, nll = evaluate()
-        history.append({"epoch": epoch, "valid_accuracy": acc, "valid_nll": nll})
+        loop["history"].append({"epoch": epoch, "valid_accuracy": acc, "valid_nll": nll})
+        best = loop["best"]
         if acc > best[0] + 1e-12 or (abs(acc - best[0]) <= 1e-12 and nll < best[1]):
-            best, best_state, best_epoch, bad = (acc, nll), snapshot(), epoch, 0
+            loop.update(best=(acc, nll), best_state=snapshot(), best_epoch=epoch, bad=0)
         else:
-            bad += 1
-            if bad >= cfg.patience:
-                break
-    restore(best_state)
-    return FitResult(best_epoch, epoch, best[0], best[1], seen, time.perf_counter() - start, history)
+            loop["bad"] += 1
+            stopped = loop["bad"] >= cfg.patience
+        loop["epoch"], loop["stopped"] = epoch, stopped
+        if checkpoint is not None:
+            checkpoint.save(loop)
+        if on_epoch is not None:
+            on_epoch(epoch)
+    restore(loop["best_state"])
+    best = loop["best"]
+    return FitResult(loop["best_epoch"], epoch, best[0], best[1], loop["seen"], time.perf_counter() - start,
+                     loop["history"], loop["train_seconds"], resumed)
 
 
 def fit_head(
@@ -251,7 +395,7 @@ def fit_head(
 
     def step(idx: np.ndarray) -> None:
         t = torch.from_numpy(idx)
-        loss = soft_cross_entropy(head(X[t]), Q[t], W[t])
+        loss = soft_cross_entropy(head(X[t]) / cfg.temperature, Q[t], W[t])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -278,8 +422,19 @@ def fit_classifier(
     q_valid: np.ndarray,
     max_length: int,
     cfg: FitConfig,
+    *,
+    cache_frozen: bool = True,
+    checkpoint_path: str | Path | None = None,
+    checkpoint_key: str = "",
+    on_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
-    """Train the trainable part of ``model`` (set by ``set_strategy``) end to end on texts."""
+    """Train the trainable part of ``model`` (set by ``set_strategy``) end to end on texts.
+
+    Texts are tokenised once; batches group similar lengths. For ``partial`` with ``cache_frozen``
+    the frozen lower blocks run once per text (:class:`FrozenLowerCache`), for train and valid.
+    With ``checkpoint_path`` the trainable weights, the optimiser and the loop state are saved
+    after every epoch and a matching file (same ``checkpoint_key``) is resumed from.
+    """
     texts = list(texts)
     Q, W = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (q_train, w_train))
     head_params = list(model.head.parameters())
@@ -289,21 +444,48 @@ def fit_classifier(
         groups.append({"params": enc_params, "lr": cfg.lr_backbone})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    layers = encoder_layers(model.encoder)
+    k = model.n_trainable_layers
+    use_cache = cache_frozen and model.strategy == "partial" and k < len(layers)
+    top = layers[len(layers) - k :]
+
+    if use_cache:
+        train_cache = FrozenLowerCache(model.encoder, tokenizer, texts, max_length, len(layers) - k)
+        valid_cache = FrozenLowerCache(model.encoder, tokenizer, list(valid_texts), max_length, len(layers) - k)
+        lengths = train_cache.lengths
+
+        def forward(idx: Sequence[int], cache: FrozenLowerCache) -> torch.Tensor:
+            h, mask = cache.batch(idx)
+            return model.head(mean_pool(run_layers(model.encoder, h, mask, top), mask))
+    else:
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        lengths = np.array([len(x) for x in ids])
+        pad = tokenizer.pad_token_id or 0
 
     def step(idx: np.ndarray) -> None:
         model.train()
-        batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                          max_length=max_length, return_tensors="pt")
+        if use_cache:
+            logits = forward(idx, train_cache)
+        else:
+            input_ids, mask = pad_ids([ids[i] for i in idx], pad)
+            logits = model(input_ids, mask)
         t = torch.from_numpy(idx)
-        loss = soft_cross_entropy(model(batch["input_ids"], batch["attention_mask"]), Q[t], W[t])
+        loss = soft_cross_entropy(logits / cfg.temperature, Q[t], W[t])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
     @torch.no_grad()
     def evaluate() -> tuple[float, float]:
-        emb = encode_texts(model.encoder, tokenizer, list(valid_texts), max_length)
-        return _valid_metrics(model.head(torch.from_numpy(emb)).numpy(), y_valid, q_valid)
+        model.eval()
+        if use_cache:
+            z = np.zeros((len(valid_texts), model.head.out_features), dtype=np.float32)
+            for idx in length_batches([" " * n for n in valid_cache.lengths], 64):
+                z[idx] = forward(idx, valid_cache).numpy()
+        else:
+            emb = encode_texts(model.encoder, tokenizer, list(valid_texts), max_length)
+            z = model.head(torch.from_numpy(emb)).numpy()
+        return _valid_metrics(z, y_valid, q_valid)
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}
@@ -314,13 +496,23 @@ def fit_classifier(
                 if n in state:
                     p.copy_(state[n])
 
-    result = _early_stopping(len(texts), cfg, step, evaluate, snapshot, restore)
+    ckpt = None
+    if checkpoint_path is not None:
+        def set_state(state: dict[str, Any]) -> None:
+            restore(state["params"])
+            opt.load_state_dict(state["opt"])
+
+        ckpt = EpochCheckpoint(Path(checkpoint_path), checkpoint_key,
+                               get_state=lambda: {"params": snapshot(), "opt": opt.state_dict()},
+                               set_state=set_state)
+    result = _early_stopping(len(texts), cfg, step, evaluate, snapshot, restore,
+                             lengths=lengths, checkpoint=ckpt, on_epoch=on_epoch)
     model.eval()
     return result
 
 
 __all__ = [
-    "STRATEGIES", "FitConfig", "FitResult", "MeanPoolClassifier", "cached_embeddings",
-    "embedding_cache_key", "encoder_layers", "fit_classifier", "fit_head", "length_batches",
-    "load_encoder", "new_head", "soft_cross_entropy",
+    "STRATEGIES", "EpochCheckpoint", "FitConfig", "FitResult", "FrozenLowerCache", "MeanPoolClassifier",
+    "batch_order", "cached_embeddings", "embedding_cache_key", "encoder_layers", "fit_classifier", "fit_head",
+    "length_batches", "load_encoder", "new_head", "pad_ids", "run_layers", "soft_cross_entropy",
 ]

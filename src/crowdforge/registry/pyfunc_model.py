@@ -20,7 +20,7 @@ class CrowdforgeEnsemble(PythonModel):
 
         self.ensemble = load_ensemble(context.artifacts["ensemble"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
         if isinstance(model_input, pd.DataFrame):
             if "text" not in model_input.columns:
                 raise ValueError(f"input needs a `text` column, got {list(model_input.columns)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,11 @@ class Encoded:
     worker_idx: np.ndarray
     label_idx: np.ndarray
     A: sp.csr_matrix  # n_tasks x (n_workers * n_classes), counts
+
+    @cached_property
+    def AT(self) -> sp.csr_matrix:
+        """``A`` transposed, in CSR (the M-step's ``A.T @ T`` is then a fast row-major product)."""
+        return self.A.T.tocsr()
 
     @property
     def n_tasks(self) -> int:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.special import logsumexp
 
 from crowdforge.truth.base import Encoded, encode, gold_matrix, most_probable, vote_counts
 
@@ -111,10 +110,25 @@ class DawidSkene:
         enc = encode(data, self.classes)
         gold_rows, gold_onehot = gold_matrix(gold, enc.tasks, enc.classes)
         prior_counts = self._prior_array(worker_prior, enc)  # [w, k_true, l_obs]
+        return self._fit_encoded(enc, gold_rows, gold_onehot, prior_counts)
 
-        votes = vote_counts(enc)
-        T = votes / votes.sum(axis=1, keepdims=True)
-        T = self._clamp(T, gold_rows, gold_onehot)
+    def _fit_encoded(self, enc: Encoded, gold_rows: np.ndarray, gold_onehot: np.ndarray,
+                     prior_counts: np.ndarray) -> DawidSkene:
+        T, log_pi, log_p, n_done, loglik = self._em(enc, gold_rows, gold_onehot, prior_counts)
+        self._store(enc, T, log_pi, log_p, prior_counts, n_done, loglik)
+        return self
+
+    def _em(self, enc: Encoded, gold_rows: np.ndarray, gold_onehot: np.ndarray, prior_counts: np.ndarray,
+            init: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, float]:
+        """EM on encoded data; ``init`` (task x class posteriors) warm-starts it (default: majority vote).
+
+        Returns the posteriors, log confusion ``[w, true, observed]``, log class prior, iterations run
+        and the final log-likelihood.
+        """
+        if init is None:
+            votes = vote_counts(enc)
+            init = votes / votes.sum(axis=1, keepdims=True)
+        T = self._clamp(init, gold_rows, gold_onehot)
         prev = -np.inf
         loglik = -np.inf
         n_done = 0
@@ -126,8 +140,7 @@ class DawidSkene:
                 break
             prev = loglik
         log_pi, log_p = self._m_step(enc, T, prior_counts)
-        self._store(enc, T, log_pi, log_p, prior_counts, n_done, loglik)
-        return self
+        return T, log_pi, log_p, n_done, loglik
 
     def fit_predict(self, data: pd.DataFrame, gold: pd.Series | None = None,
                     worker_prior: pd.DataFrame | None = None) -> pd.Series:
@@ -158,7 +171,7 @@ class DawidSkene:
     def _expected_counts(enc: Encoded, T: np.ndarray) -> np.ndarray:
         """counts[w, k_true, l_obs] = sum_i T_ik n_iwl, as one sparse product."""
         K = enc.n_classes
-        flat = np.asarray(enc.A.T @ T)  # (W*K_obs, K_true)
+        flat = np.asarray(enc.AT @ T)  # (W*K_obs, K_true)
         return flat.reshape(enc.n_workers, K, K).transpose(0, 2, 1)
 
     def _m_step(self, enc: Encoded, T: np.ndarray, prior_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,8 +205,10 @@ class DawidSkene:
         K = enc.n_classes
         obs_major = log_pi.transpose(0, 2, 1).reshape(enc.n_workers * K, K)  # rows (w, l)
         ll = np.asarray(enc.A @ obs_major) + log_p
-        norm = logsumexp(ll, axis=1, keepdims=True)
-        return np.exp(ll - norm), float(norm.sum())
+        top = ll.max(axis=1, keepdims=True)
+        ex = np.exp(ll - top)
+        s = ex.sum(axis=1, keepdims=True)
+        return ex / s, float((np.log(s) + top).sum())
 
     def _prior_array(self, worker_prior: pd.DataFrame | None, enc: Encoded) -> np.ndarray:
         K, W = enc.n_classes, enc.n_workers

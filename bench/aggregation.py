@@ -1,0 +1,340 @@
+"""Truth inference benchmark: crowdforge's estimators side by side with crowd-kit 1.4.2, in one run.
+
+    python bench/aggregation.py            # everything; writes the "Truth inference" section of BENCHMARKS.md
+    python bench/aggregation.py --quick    # shared crowds + 1M only, no BENCHMARKS.md update
+
+Parts:
+1. every crowd under ../shared/datasets/truth_inference/: accuracy, ECE and wall time for each
+   method (crowd-kit GLAD in a subprocess with a time limit, it is slow on the larger crowds);
+2. synthetic crowds of 1M and 10M labels (bench/synthetic_crowd.py): each method in its own
+   subprocess, reporting accuracy, wall time of the fit and the process's peak RSS (ru_maxrss,
+   which includes generating the crowd); crowd-kit GLAD is skipped there (hours);
+3. gold checks: 5% of items gold vs none, on the shared crowds (accuracy on the non-gold items);
+4. track record: a two-round simulation (round 1 rich, round 2 with 1-2 labels per item, same
+   workers): round 2 with the ledger prior from round 1 vs fresh.
+The shared crowds are read at run time, never copied; when ../shared is absent their parts are
+skipped with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+PROJECT = HERE.parent
+SHARED = PROJECT.parent / "shared" / "datasets" / "truth_inference"
+sys.path.insert(0, str(HERE))
+
+OURS = {"cf auto": "auto", "cf dawid_skene": "dawid_skene", "cf one_coin": "one_coin", "cf mace": "mace",
+        "cf majority_vote": "majority_vote"}
+CK = ("MajorityVote", "Wawa", "DawidSkene", "OneCoinDawidSkene", "GLAD", "MACE")
+ALL = [*OURS, *(f"ck {m}" for m in CK)]
+
+
+# ---------------------------------------------------------------------------- one fit
+def make_estimator(name: str):
+    warnings.filterwarnings("ignore")
+    if name.startswith("cf "):
+        from crowdforge.truth import METHODS
+
+        return METHODS[OURS[name]]()
+    import crowdkit.aggregation as ck
+
+    m = name[3:]
+    if m == "DawidSkene":
+        return ck.DawidSkene(n_iter=100)
+    if m == "OneCoinDawidSkene":
+        return ck.OneCoinDawidSkene(n_iter=100)
+    if m == "MACE":
+        return ck.MACE(n_iter=50, random_state=0)
+    return getattr(ck, m)()
+
+
+def fit_eval(name: str, labels: pd.DataFrame, truth: pd.Series, gold: pd.Series | None = None) -> dict:
+    from crowdforge.truth.calibration import expected_calibration_error
+
+    est = make_estimator(name)
+    t0 = time.perf_counter()
+    P = pred = None
+    if name.startswith("cf "):
+        est.fit(labels, gold=gold) if gold is not None else est.fit(labels)
+        P = est.probas_
+    elif hasattr(est, "fit_predict_proba"):
+        P = est.fit_predict_proba(labels)
+    else:
+        pred = est.fit_predict(labels)
+    wall = time.perf_counter() - t0
+    if P is not None:
+        P = P.reindex(truth.index)
+        P = P.reindex(columns=sorted(P.columns))
+        filled = P.fillna(1.0 / P.shape[1]).to_numpy()
+        pred = pd.Series(np.asarray(P.columns)[filled.argmax(axis=1)], index=P.index)
+        y = pd.Index(P.columns).get_indexer(truth.to_numpy())
+        ece = expected_calibration_error(filled, y)
+    else:
+        pred, ece = pred.reindex(truth.index), float("nan")
+    acc = float((pred.to_numpy() == truth.to_numpy()).mean())
+    return {"acc": acc, "ece": ece, "wall": wall}
+
+
+def load_shared(name: str) -> tuple[pd.DataFrame, pd.Series]:
+    lab = pd.read_csv(SHARED / name / "label.csv").rename(columns={"item": "task"})
+    truth = pd.read_csv(SHARED / name / "truth.csv").set_index("item")["truth"]
+    truth = truth[truth.index.isin(set(lab["task"]))]
+    return lab, truth
+
+
+def synthetic(n: int) -> tuple[pd.DataFrame, pd.Series]:
+    from synthetic_crowd import make_crowd
+
+    c = make_crowd(n, seed=1)
+    truth = c.truth[c.truth.index.isin(np.unique(c.labels["task"].to_numpy()))]
+    return c.labels, truth
+
+
+def child_main(args: list[str]) -> None:
+    """``--child METHOD DATASET``: one fit in this process; prints a JSON line."""
+    name, data = args
+    lab, truth = synthetic(int(data[4:])) if data.startswith("syn:") else load_shared(data)
+    res = fit_eval(name, lab, truth)
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(res))
+
+
+def in_subprocess(name: str, data: str, timeout: float) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    try:
+        p = subprocess.run([sys.executable, __file__, "--child", name, data], capture_output=True, text=True,
+                           timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"error": f"> {timeout:.0f} s (stopped)"}
+    for line in p.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (p.stderr.strip().splitlines() or ["?"])[-1]
+    return {"error": ("out of memory" if p.returncode in (-9, 137) else f"failed: {tail[:80]}")}
+
+
+# ---------------------------------------------------------------------------- parts
+def shared_crowds() -> list[str]:
+    return sorted(p.name for p in SHARED.iterdir() if (p / "label.csv").exists())
+
+
+def part_shared(glad_timeout: float) -> pd.DataFrame:
+    rows = []
+    for crowd in shared_crowds():
+        lab, truth = load_shared(crowd)
+        for name in ALL:
+            r = in_subprocess(name, crowd, glad_timeout) if name == "ck GLAD" else fit_eval(name, lab, truth)
+            rows.append({"crowd": crowd, "method": name, **r})
+            print(f"  {crowd:14s} {name:22s} {r}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def part_synthetic(sizes: list[int], timeout: float) -> pd.DataFrame:
+    rows = []
+    for n in sizes:
+        for name in ALL:
+            if name == "ck GLAD":
+                r = {"error": "skipped (hours at this size)"}
+            else:
+                r = in_subprocess(name, f"syn:{n}", timeout)
+            rows.append({"n_labels": n, "method": name, **r})
+            print(f"  {n:>9d} {name:22s} {r}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def part_gold(fraction: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    from crowdforge.truth import HierarchicalDawidSkene
+    from crowdforge.truth.calibration import expected_calibration_error
+
+    rows = []
+    for crowd in shared_crowds():
+        lab, truth = load_shared(crowd)
+        rng = np.random.default_rng(seed)
+        gold = truth.iloc[np.sort(rng.choice(len(truth), max(1, int(round(fraction * len(truth)))), replace=False))]
+        rest = truth.drop(gold.index)
+        out = {"crowd": crowd, "gold_items": len(gold)}
+        for tag, g in (("none", None), ("gold", gold)):
+            est = HierarchicalDawidSkene().fit(lab, gold=g)
+            P = est.probas_.reindex(rest.index)
+            y = pd.Index(P.columns).get_indexer(rest.to_numpy())
+            out[f"acc_{tag}"] = float((P.to_numpy().argmax(axis=1) == y).mean())
+            out[f"ece_{tag}"] = expected_calibration_error(P.to_numpy(), y)
+        rows.append(out)
+        print(f"  gold {out}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def part_track_record(n_seeds: int = 3) -> pd.DataFrame:
+    """Round 1: 50k labels (5 per item); round 2: same 100 workers, 1.5 labels per item on new items."""
+    from synthetic_crowd import make_crowd
+
+    from crowdforge.agents.reputation import _errors_frame, ledger_prior
+    from crowdforge.truth import HierarchicalDawidSkene
+
+    rows = []
+    for seed in range(n_seeds):
+        r1 = make_crowd(50_000, labels_per_item=5, n_workers=100, seed=100 + seed, worker_seed=seed)
+        r2 = make_crowd(6_000, labels_per_item=1.5, n_workers=100, seed=200 + seed, worker_seed=seed)
+        classes = list(range(4))
+        fit1 = HierarchicalDawidSkene(classes=classes).fit(r1.labels)
+        # the ledger as the reputation agent stores it: per-worker expected confusion counts (JSON)
+        counts = fit1.counts_
+        ledger = pd.DataFrame({
+            "contributor_id": list(fit1.worker_n_labels_.index),
+            "data_version": "round1",
+            "confusion": [json.dumps({"classes": classes, "counts": counts.xs(w, level=0).to_numpy().T.tolist()})
+                          for w in fit1.worker_n_labels_.index],
+        })
+        prior = ledger_prior(ledger, "round2", classes, weight=1.0, cap=50.0)
+        wp = _errors_frame(prior, classes)
+        truth = r2.truth[r2.truth.index.isin(set(r2.labels["task"]))]
+        fresh = HierarchicalDawidSkene(classes=classes).fit(r2.labels)
+        hist = HierarchicalDawidSkene(classes=classes).fit(r2.labels, worker_prior=wp)
+        acc = lambda e: float((e.labels_.reindex(truth.index) == truth).mean())  # noqa: E731
+        from crowdforge.truth import MajorityVote
+
+        rows.append({"seed": seed, "round2_labels": len(r2.labels), "round2_items": len(truth),
+                     "mv": acc(MajorityVote(classes=classes).fit(r2.labels)), "fresh": acc(fresh),
+                     "ledger": acc(hist)})
+        print(f"  track record {rows[-1]}", flush=True)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------- report
+def fmt(v, spec=".3f", empty="–"):
+    return empty if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+
+def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataFrame | None,
+           track: pd.DataFrame | None, header: str) -> str:
+    out = [header, ""]
+    if shared is None:
+        out += [f"Shared crowds skipped: {SHARED} is absent.", ""]
+    else:
+        acc = shared.pivot(index="crowd", columns="method", values="acc")[ALL]
+        ece = shared.pivot(index="crowd", columns="method", values="ece")[ALL]
+        wall = shared.pivot(index="crowd", columns="method", values="wall")[ALL]
+        ck_cols = [c for c in ALL if c.startswith("ck ")]
+        best_ck = acc[ck_cols].max(axis=1)
+        out += ["**Accuracy on the shared crowds** (`cf` = crowdforge, `ck` = crowd-kit 1.4.2; "
+                "`cf auto` is the default; last column: `cf auto` minus the best crowd-kit method on that crowd)", "",
+                "| crowd | " + " | ".join(ALL) + " | auto − best ck |", "|---" * (len(ALL) + 2) + "|"]
+        for crowd in acc.index:
+            cells = [fmt(acc.loc[crowd, m]) for m in ALL]
+            out.append(f"| {crowd} | " + " | ".join(cells) + f" | {100 * (acc.loc[crowd, 'cf auto'] - best_ck[crowd]):+.1f} pt |")
+        means = acc.mean(axis=0, skipna=False)
+        out.append("| **mean** | " + " | ".join(fmt(means[m]) for m in ALL) + " | |")
+        out += ["", "**Expected calibration error** of the output confidence (15 bins; crowd-kit GLAD `–` = "
+                "did not finish in the time limit)", "",
+                "| crowd | " + " | ".join(ALL) + " |", "|---" * (len(ALL) + 1) + "|"]
+        for crowd in ece.index:
+            out.append(f"| {crowd} | " + " | ".join(fmt(ece.loc[crowd, m]) for m in ALL) + " |")
+        out.append("| **mean** | " + " | ".join(fmt(ece[m].mean(skipna=False)) for m in ALL) + " |")
+        out += ["", "**Wall time (s)** of each fit on the shared crowds", "",
+                "| crowd | " + " | ".join(ALL) + " |", "|---" * (len(ALL) + 1) + "|"]
+        for crowd in wall.index:
+            out.append(f"| {crowd} | " + " | ".join(fmt(wall.loc[crowd, m], ".2f") for m in ALL) + " |")
+        out.append("")
+    if syn is not None:
+        out += ["**Synthetic crowds** (bench/synthetic_crowd.py: 4 classes, 5 labels/item, 500 labels/worker on "
+                "average with Pareto activity, 15% spammers, 5% biased, 5% adversaries). Each fit in its own "
+                "subprocess; peak RSS is the process's ru_maxrss, including generating the crowd.", "",
+                "| labels | method | accuracy | fit wall (s) | time vs ck DawidSkene | peak RSS (MB) |",
+                "|---|---|---|---|---|---|"]
+        for n, grp in syn.groupby("n_labels", sort=True):
+            ref = grp.loc[grp["method"] == "ck DawidSkene", "wall"]
+            ref = float(ref.iloc[0]) if len(ref) and not pd.isna(ref.iloc[0]) else None
+            for _, r in grp.iterrows():
+                if isinstance(r.get("error"), str):
+                    out.append(f"| {n:,} | {r['method']} | {r['error']} | | | |")
+                    continue
+                ratio = f"{ref / r['wall']:.1f}x faster" if ref and r["wall"] <= ref else (
+                    f"{r['wall'] / ref:.1f}x slower" if ref else "–")
+                out.append(f"| {n:,} | {r['method']} | {r['acc']:.4f} | {r['wall']:.2f} | {ratio} | "
+                           f"{r['peak_rss_mb']:.0f} |")
+        out.append("")
+    if gold is not None:
+        out += ["**Gold checks pay**: `cf auto` with 5% of the items' true labels given as gold vs none; "
+                "accuracy and ECE on the other 95%.", "",
+                "| crowd | gold items | accuracy, no gold | accuracy, 5% gold | ECE, no gold | ECE, 5% gold |",
+                "|---|---|---|---|---|---|"]
+        for _, r in gold.iterrows():
+            out.append(f"| {r['crowd']} | {r['gold_items']} | {r['acc_none']:.3f} | {r['acc_gold']:.3f} | "
+                       f"{r['ece_none']:.3f} | {r['ece_gold']:.3f} |")
+        out.append(f"| **mean** | | {gold['acc_none'].mean():.4f} | {gold['acc_gold'].mean():.4f} | "
+                   f"{gold['ece_none'].mean():.3f} | {gold['ece_gold'].mean():.3f} |")
+        out.append("")
+    if track is not None:
+        out += ["**Track record pays**: two rounds with the same 100 synthetic workers. Round 1: 50,000 labels "
+                "(5 per item) fitted by `cf auto`; its per-worker expected confusion counts go through the "
+                "reputation ledger's prior (`ledger_prior`, cap 50 pseudo-labels). Round 2: new items with "
+                "1-2 labels each (1.5 on average), fitted fresh vs with the ledger prior.", "",
+                "| seed | round-2 labels | round-2 items | majority vote | fresh | with ledger |", "|---|---|---|---|---|---|"]
+        for _, r in track.iterrows():
+            out.append(f"| {r['seed']} | {r['round2_labels']} | {r['round2_items']} | {r['mv']:.3f} | "
+                       f"{r['fresh']:.3f} | {r['ledger']:.3f} |")
+        out.append(f"| **mean** | | | {track['mv'].mean():.3f} | {track['fresh'].mean():.3f} | "
+                   f"{track['ledger'].mean():.3f} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_section(text: str, path: Path = PROJECT / "BENCHMARKS.md") -> None:
+    """Replace the body of the '## Truth inference' section only."""
+    doc = path.read_text()
+    pat = re.compile(r"(## Truth inference[^\n]*\n)(.*?)(?=\n## |\Z)", re.S)
+    if not pat.search(doc):
+        raise SystemExit(f"{path}: no '## Truth inference' section")
+    doc = pat.sub(lambda m: m.group(1) + text.rstrip() + "\n", doc, count=1)
+    path.write_text(doc)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child_main(sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="shared crowds + 1M only; do not touch BENCHMARKS.md")
+    ap.add_argument("--sizes", default="1000000,10000000", help="synthetic crowd sizes (labels)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per synthetic fit")
+    ap.add_argument("--glad-timeout", type=float, default=120, help="seconds per crowd-kit GLAD fit on a shared crowd")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    a = ap.parse_args()
+    sizes = [1_000_000] if a.quick else [int(s) for s in a.sizes.split(",") if s]
+    load0 = os.getloadavg()
+    t0 = time.time()
+    have_shared = SHARED.is_dir()
+    if not have_shared:
+        print(f"skipping the shared crowds: {SHARED} is absent")
+    shared = part_shared(a.glad_timeout) if have_shared else None
+    gold = part_gold() if have_shared else None
+    track = part_track_record()
+    syn = part_synthetic(sizes, a.timeout)
+    load1 = os.getloadavg()
+    header = (f"Command: `make bench-aggregation` (`python bench/aggregation.py`), {time.strftime('%Y-%m-%d')}, "
+              f"{(time.time() - t0) / 60:.0f} min. Machine: 2 cores, 24 GiB, Python {sys.version.split()[0]}; "
+              f"the CPU is shared with other engineers: `uptime` load average {load0[0]:.2f} / {load0[1]:.2f} / "
+              f"{load0[2]:.2f} at the start and {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f} at the end, so "
+              "wall times are noisy (compare ratios within one size, not absolute seconds).")
+    text = render(shared, syn, gold, track, header)
+    print(text)
+    if not (a.quick or a.no_write):
+        write_section(text)
+        print("wrote the Truth inference section of BENCHMARKS.md")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Ingestion building blocks: streaming readers (``readers``) and personal-data checks (``privacy``)."""

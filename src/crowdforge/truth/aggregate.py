@@ -1,0 +1,215 @@
+"""File-level aggregation behind ``crowdforge aggregate``: read labels, check them, fit, write.
+
+Every problem with the input becomes an :class:`AggregateError` whose message names the file,
+the row (1-based, counting the header as row 1 for CSV) and the reason; the CLI prints it as
+``error: ...`` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from crowdforge.truth import METHODS, MajorityVote
+
+
+class AggregateError(ValueError):
+    """Bad input for aggregation (a message for a person, not a stack trace)."""
+
+
+@dataclass
+class AggregateResult:
+    items: pd.DataFrame  # item, label, confidence, n_labels, prob_<class>...
+    workers: pd.DataFrame  # worker, n_labels, reliability, reliability_sd, note
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_table(path: Path, what: str) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise AggregateError(f"{path}: no such {what} file")
+    if path.is_dir():
+        raise AggregateError(f"{path}: is a folder, expected a CSV or Parquet {what} file")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            return pd.read_parquet(path)
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise AggregateError(f"{path}: the file is empty (expected a header and {what} rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise AggregateError(f"{path}: cannot read as {'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'}: {exc}") from None
+
+
+def _row_no(path: Path, pos: np.ndarray) -> list[int]:
+    """Human row numbers: CSV line (header = 1), Parquet 1-based row index."""
+    offset = 1 if Path(path).suffix.lower() in (".parquet", ".pq") else 2
+    return [int(p) + offset for p in pos[:5]]
+
+
+def _clean(col: pd.Series) -> pd.Series:
+    """Values as stripped strings (ids and labels compare as text: '1' and 1 are the same)."""
+    s = col.astype("string").str.strip()
+    return s.mask(s == "")
+
+
+def read_labels(path: Path, item_col: str = "item", worker_col: str = "worker", label_col: str = "label",
+                classes: Sequence[str] | None = None) -> pd.DataFrame:
+    """Read and check a label file; returns a ``task, worker, label`` frame of strings."""
+    raw = _read_table(path, "labels")
+    cols = {"item": item_col, "worker": worker_col, "label": label_col}
+    missing = [f"{c!r} (--{k}-col)" for k, c in cols.items() if c not in raw.columns]
+    if missing:
+        raise AggregateError(f"{path}: missing column(s) {', '.join(missing)}; found {list(raw.columns)[:10]}")
+    if raw.empty:
+        raise AggregateError(f"{path}: the file has a header but no label rows")
+    df = pd.DataFrame({"task": _clean(raw[item_col]), "worker": _clean(raw[worker_col]),
+                       "label": _clean(raw[label_col])})
+    for name, col in (("item", "task"), ("worker", "worker"), ("label", "label")):
+        bad = np.flatnonzero(df[col].isna().to_numpy())
+        if len(bad):
+            raise AggregateError(f"{path}: {len(bad)} row(s) with an empty {name} (column {cols[name]!r}), "
+                                 f"first at row(s) {_row_no(path, bad)}")
+    if classes is not None:
+        cls = [str(c).strip() for c in classes]
+        if len(set(cls)) < 2:
+            raise AggregateError(f"--classes needs at least 2 distinct classes, got {cls}")
+        bad = np.flatnonzero(~df["label"].isin(cls).to_numpy())
+        if len(bad):
+            shown = sorted(set(df["label"].iloc[bad[:50]]))[:5]
+            raise AggregateError(f"{path}: {len(bad)} label(s) outside the classes {cls}: {shown}, "
+                                 f"first at row(s) {_row_no(path, bad)}")
+    return df.astype(object)
+
+
+def read_gold(path: Path, item_col: str = "item", label_col: str = "label") -> pd.Series:
+    raw = _read_table(path, "gold")
+    if item_col not in raw.columns and "item" in raw.columns:
+        item_col = "item"
+    if label_col not in raw.columns and "label" in raw.columns:
+        label_col = "label"
+    missing = [c for c in (item_col, label_col) if c not in raw.columns]
+    if missing:
+        raise AggregateError(f"{path}: missing gold column(s) {missing}; found {list(raw.columns)[:10]}")
+    g = pd.DataFrame({"item": _clean(raw[item_col]), "label": _clean(raw[label_col])})
+    bad = np.flatnonzero(g.isna().any(axis=1).to_numpy())
+    if len(bad):
+        raise AggregateError(f"{path}: {len(bad)} gold row(s) with an empty item or label, first at row(s) "
+                             f"{_row_no(path, bad)}")
+    conflict = g.drop_duplicates()["item"].duplicated()
+    if conflict.any():
+        items = list(g.drop_duplicates()["item"][conflict].head(5))
+        raise AggregateError(f"{path}: gold gives different labels for the same item(s) {items}")
+    return g.drop_duplicates("item").set_index("item")["label"]
+
+
+def _natural_order(values: Sequence[str]) -> list[str]:
+    """Classes sorted numerically when they all look like numbers, else as text."""
+    vals = list(values)
+    try:
+        return sorted(vals, key=float)
+    except ValueError:
+        return sorted(vals)
+
+
+def aggregate(labels: pd.DataFrame, method: str = "auto", gold: pd.Series | None = None,
+              classes: Sequence[str] | None = None, seed: int = 0,
+              source: str = "labels") -> AggregateResult:
+    """Fit ``method`` on a checked label table; per-item and per-worker tables plus notes."""
+    if method not in METHODS:
+        raise AggregateError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    notes: list[str] = []
+    cls = [str(c) for c in classes] if classes is not None else _natural_order(pd.unique(labels["label"]))
+    if len(cls) < 2:
+        # one class seen and none declared: nothing to infer, but a clear answer is possible
+        notes.append(f"every label in {source} is {cls[0]!r}: every item gets it with confidence 1 "
+                     "(give --classes to declare the other classes)")
+        cls = cls + ["__other__"]
+    if gold is not None and len(gold):
+        bad = sorted(set(gold) - set(cls))
+        if bad:
+            raise AggregateError(f"gold label(s) {bad[:5]} are not among the classes {cls}")
+        unused = ~gold.index.isin(set(labels["task"]))
+        if unused.any():
+            notes.append(f"{int(unused.sum())} gold item(s) have no crowd label and were ignored "
+                         f"(e.g. {list(gold.index[unused][:3])})")
+            gold = gold[~unused]
+    counts = labels.groupby("task", sort=True).size()
+    if (counts == 1).any():
+        notes.append(f"{int((counts == 1).sum())} item(s) have a single label: their answer rests on one "
+                     "worker's reliability (lower confidence)")
+    dup = labels.duplicated(["task", "worker"]).sum()
+    if dup:
+        notes.append(f"{int(dup)} repeated (item, worker) label(s): each counts as a separate vote")
+
+    est_cls = METHODS[method]
+    kwargs: dict[str, Any] = {"classes": cls}
+    if "random_state" in getattr(est_cls, "__dataclass_fields__", {}):
+        kwargs["random_state"] = seed
+    est = est_cls(**kwargs)
+    if est_cls is MajorityVote:
+        est.fit(labels)
+        probas = est.probas_.copy()
+        if gold is not None and len(gold):
+            probas.loc[gold.index] = np.eye(len(cls))[pd.Index(cls).get_indexer(gold.to_numpy())]
+        agree = est.skills_ * labels.groupby("worker").size().reindex(est.skills_.index)
+        n = labels.groupby("worker").size().reindex(est.skills_.index)
+        a, b = 1 + agree, 1 + n - agree
+        rel, sd = a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    else:
+        est.fit(labels, gold=gold)
+        probas, rel, sd, n = est.probas_, est.worker_accuracy_, est.worker_accuracy_sd_, est.worker_n_labels_
+    probas = probas.reindex(columns=cls)
+    if "__other__" in probas.columns and probas["__other__"].max() < 0.5:
+        probas = probas.drop(columns="__other__")
+        probas = probas.div(probas.sum(axis=1), axis=0)
+    P = probas.to_numpy()
+    items = pd.DataFrame({
+        "item": probas.index.astype(str),
+        "label": np.asarray(probas.columns, dtype=object)[P.argmax(axis=1)],
+        "confidence": P.max(axis=1),
+        "n_labels": counts.reindex(probas.index).to_numpy().astype("int64"),
+    })
+    for c in probas.columns:
+        items[f"prob_{c}"] = probas[c].to_numpy()
+
+    per_worker = labels.groupby("worker", sort=True)["label"]
+    constant = per_worker.nunique() == 1
+    n_w = per_worker.size()
+    note = pd.Series("", index=n_w.index, dtype=object)
+    const_many = constant & (n_w >= 5)
+    note[const_many] = "gives the same label to every item"
+    note[n_w < 5] = note[n_w < 5].where(note[n_w < 5] != "", "few labels: reliability mostly prior")
+    if const_many.any():
+        notes.append(f"{int(const_many.sum())} worker(s) give the same label to every item "
+                     f"(e.g. {list(const_many[const_many].index[:3])}): their votes carry little weight")
+    workers = pd.DataFrame({
+        "worker": rel.index.astype(str),
+        "n_labels": n.reindex(rel.index).to_numpy().astype("int64"),
+        "reliability": rel.to_numpy(float),
+        "reliability_sd": np.asarray(sd, float),
+        "note": note.reindex(rel.index).to_numpy(),
+    })
+    if gold is not None and len(gold):
+        on = labels[labels["task"].isin(gold.index)]
+        ok = (on["label"].to_numpy() == gold.reindex(on["task"]).to_numpy())
+        gc = pd.Series(ok, index=on["worker"].to_numpy()).groupby(level=0).agg(["size", "sum"])
+        workers["gold_checks"] = gc["size"].reindex(workers["worker"]).fillna(0).astype("int64").to_numpy()
+        workers["gold_passed"] = gc["sum"].reindex(workers["worker"]).fillna(0).astype("int64").to_numpy()
+    return AggregateResult(items, workers, notes)
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    from crowdforge import io
+    from crowdforge.safety import neutralise_formulas
+
+    path = Path(path)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        io.write_parquet(path, df)
+    else:
+        io.write_text(path, neutralise_formulas(df).to_csv(index=False))
