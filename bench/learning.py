@@ -108,8 +108,7 @@ def prepare_weather(raw: Path, labels_per_tweet: int, n_test: int, seed: int) ->
                  contributor_id="w" + d["worker_id"].astype(str), text=d["tweet_body"].astype(str))
     full_majority = d[~d["tweet_id"].isin(test_ids)].groupby("item_id")["label"].agg(lambda s: s.value_counts().idxmax())
     crowd = d[~d["tweet_id"].isin(test_ids)]
-    crowd = crowd.groupby("item_id", group_keys=False).apply(
-        lambda g: g.sample(n=min(labels_per_tweet, len(g)), random_state=int(rng.integers(1 << 31))))
+    crowd = crowd.iloc[rng.permutation(len(crowd))].groupby("item_id").head(labels_per_tweet)  # seeded subsample
     crowd = crowd.assign(submitted_at="2016-01-01T00:00:00Z")
     for cid, rows in crowd.groupby("contributor_id"):
         (raw / "contributions").mkdir(parents=True, exist_ok=True)

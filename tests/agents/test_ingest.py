@@ -62,7 +62,7 @@ def write_hostile(root: Path) -> Paths:
     # encodings: declared by a sidecar, by a BOM, or wrongly declared
     (c / "latin1.csv").write_bytes("item_id,text,label\nl1,caf\u00e9 au lait was nice,positive\n".encode("latin-1"))
     (c / "latin1.csv.encoding").write_text("latin-1\n")
-    (c / "bom8.csv").write_bytes(b"\xef\xbb\xbf" + "item_id,text,label\nb1,bom text is fine,neutral\n".encode())
+    (c / "bom8.csv").write_bytes(b"\xef\xbb\xbf" + b"item_id,text,label\nb1,bom text is fine,neutral\n")
     (c / "wide.tsv").write_bytes("item_id\ttext\tlabel\r\nw1\tna\u00efve utf16 text\tpositive\r\n".encode("utf-16"))
     (c / "rot.csv").write_text("item_id,text,label\nr1,some text,positive\n")
     (c / "rot.csv.encoding").write_text("rot13")

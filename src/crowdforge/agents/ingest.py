@@ -58,7 +58,7 @@ MAX_SIDECAR_BYTES = 64
 MAX_REPORTED_ERRORS = 100
 
 
-def submissions_schema():  # noqa: ANN201 - pyarrow is imported lazily
+def submissions_schema():
     import pyarrow as pa
 
     return pa.schema([(c, pa.int64() if c == "source_line" else pa.string()) for c in SUBMISSION_COLUMNS])
@@ -169,7 +169,7 @@ def read_contribution_file(path: Path, source: str, cid: str, sidecar: Path | No
         yield unreadable_row(cid, source, reason, file_hash, size)
 
 
-def _hash_stream(fh) -> tuple[str, int]:  # noqa: ANN001
+def _hash_stream(fh) -> tuple[str, int]:
     import hashlib
 
     h, n = hashlib.sha256(), 0
@@ -294,13 +294,12 @@ def write_submissions(path: Path, rows: Iterable[dict[str, Any]], chunk_rows: in
 
     schema = submissions_schema()
     n = 0
-    with io.atomic_path(path) as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for chunk in chunked(rows, max(1, chunk_rows)):
-                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
-                n += len(chunk)
-            if n == 0:
-                writer.write_table(schema.empty_table())
+    with io.atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for chunk in chunked(rows, max(1, chunk_rows)):
+            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+            n += len(chunk)
+        if n == 0:
+            writer.write_table(schema.empty_table())
     return n
 
 
@@ -403,9 +402,9 @@ def md_code(text: str, limit: int = 80) -> str:
 def summary_md(m: dict[str, Any]) -> str:
     lines = [
         "# ingest", "",
-        f"Read **{m['files_read']}** contribution file(s) from **{m['n_contributors']}** contributor(s): "
-        f"**{m['rows_in']}** row(s), {m['parse_errors']} with a parse error, "
-        f"{m['resubmitted_rows']} in {len(m['resubmitted_files'])} re-submitted file(s).",
+        (f"Read **{m['files_read']}** contribution file(s) from **{m['n_contributors']}** contributor(s): "
+         f"**{m['rows_in']}** row(s), {m['parse_errors']} with a parse error, "
+         f"{m['resubmitted_rows']} in {len(m['resubmitted_files'])} re-submitted file(s)."),
     ]
     if m["unreadable_files"]:
         lines += ["", "Unreadable files (each quarantined whole by validate):"]

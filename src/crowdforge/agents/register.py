@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from crowdforge import io
 from crowdforge.config import Params
 from crowdforge.paths import Paths
@@ -19,6 +21,20 @@ from crowdforge.reports import write_report
 REPORT_STAGES = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")
 DATA_PATHS = ["data/raw", "data/interim/accepted.parquet", "data/processed/labels.parquet",
               "data/processed/train_augmented.parquet", "data/reputation/ledger.parquet"]
+
+
+def lineage_summary(reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """One-line validation result and reputation summary, for the version's tags."""
+    v, r = reports.get("validate", {}), reports.get("reputation", {})
+    out = {}
+    if v:
+        out["validation"] = (f"{v.get('rows_in')} in = {v.get('rows_accepted')} accepted + "
+                             f"{v.get('rows_quarantined')} quarantined")
+    if r:
+        least = ", ".join(str(c.get("contributor_id")) for c in r.get("least_trusted", [])[:5])
+        out["reputation"] = (f"{r.get('n_contributors')} contributors, {r.get('n_labels')} labels; gold check "
+                             f"accuracy {r.get('gold_check_accuracy')}; least trusted: {least}")
+    return out
 
 
 def flatten_params(params: Params) -> dict[str, str]:
@@ -60,7 +76,7 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
     import mlflow
     from mlflow import MlflowClient
 
-    from crowdforge.registry.lineage import data_versions, git_state, md5_path
+    from crowdforge.registry.lineage import data_versions, git_state, md5_path, raw_dvc_md5
     from crowdforge.registry.tracking import connect
 
     experiment_id = connect(params, paths)
@@ -81,15 +97,23 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
     if existing is not None:
         version, run_id, new = existing.version, existing.run_id, False
     else:
-        lineage = {**git_state(paths.root), "prefect_flow_run_id": flow_run_id or "none",
-                   "ensemble_md5": ensemble_md5}
         versions = data_versions(paths.root, DATA_PATHS)
+        lineage = {**git_state(paths.root), "prefect_flow_run_id": flow_run_id or "none",
+                   "ensemble_md5": ensemble_md5, **lineage_summary(reports),
+                   "data.raw.dvc": raw_dvc_md5(paths.root),
+                   "data.raw.md5": versions.get("data/raw", {}).get("md5", ""),
+                   "data.labels.md5": versions.get("data/processed/labels.parquet", {}).get("md5", "")}
         classes = list(params.data.classes)
         with mlflow.start_run(experiment_id=experiment_id, run_name="collaborative_training") as active:
             mlflow.set_tags({**lineage, **{f"data.{k}": v["md5"] for k, v in versions.items()}})
             mlflow.log_params(flatten_params(params))
             mlflow.log_metrics(report_metrics(reports))
-            mlflow.log_dict(versions, "lineage/data_versions.json")
+            mlflow.log_dict({"tags": lineage, "data_versions": versions, "params": params.to_dict()},
+                            "lineage/lineage.json")
+            mlflow.log_text(yaml.safe_dump(params.to_dict(), sort_keys=False), "lineage/params.yaml")
+            for extra in (paths.root / "data" / "raw.dvc", paths.root / "dvc.lock"):
+                if extra.exists():
+                    mlflow.log_artifact(str(extra), artifact_path="lineage")
             mlflow.log_artifacts(str(paths.reports), artifact_path="reports")
             info = mlflow.pyfunc.log_model(
                 name="model",

@@ -33,7 +33,7 @@ PII never reaches Data Docs or reports: GX sees the PII finding as booleans, and
 keeps no sample of unexpected values (``partial_unexpected_count: 0``), so the HTML lists counts
 and percentages, not contributed text. With ``pii_policy: mask`` the accepted row's ``text`` and
 ``raw`` are masked; the original stays where it was received (``data/raw``, ``submissions``) and
-``data/quarantine/masked.parquet`` records where (file, line, hash, kinds) - no second copy of it.
+``data/quarantine/masked.parquet`` records where (file, line, kinds) - no second copy of it.
 
 Outputs: ``accepted.parquet``; ``data/quarantine/quarantined.parquet`` (the row exactly as received
 plus ``reasons``; a file that could not be read is also copied whole to
@@ -59,8 +59,8 @@ import pandas as pd
 from crowdforge import io
 from crowdforge.config import Params
 from crowdforge.ingestion.privacy import KINDS as PII_KINDS
-from crowdforge.ingestion.privacy import mask as mask_text
 from crowdforge.ingestion.privacy import find_pii, pii_report
+from crowdforge.ingestion.privacy import mask as mask_text
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
 from crowdforge.safety import UnsafePath, neutralise_formulas, open_regular_file, safe_join
@@ -330,35 +330,35 @@ def write_outputs(paths: Paths, reasons: pd.Series, masked_text: pd.Series, copi
     reasons_arr, masked_arr = reasons.to_numpy(), masked_text.to_numpy()
     qdir = paths.quarantine
     qdir.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(paths.accepted) as acc_tmp, io.atomic_path(qdir / "quarantined.parquet") as q_tmp, \
-            io.atomic_path(qdir / "quarantined.csv") as csv_tmp:
-        with pq.ParquetWriter(acc_tmp, schema) as acc_w, pq.ParquetWriter(q_tmp, q_schema) as q_w, \
-                csv_tmp.open("w", encoding="utf-8", newline="") as csv_fh:
-            wrote_header = False
-            start = 0
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-                df = batch.to_pandas(types_mapper=None).astype({c: object for c in schema.names if c != "source_line"})
-                df = df.where(df.notna(), None)
-                stop = start + len(df)
-                r = reasons_arr[start:stop]
-                bad = r != ""
-                acc = df[~bad].copy()
-                m = masked_arr[start:stop][~bad]
-                hit = pd.notna(m)
-                if hit.any():
-                    acc.loc[hit, "text"] = m[hit]
-                    acc.loc[hit, "raw"] = [mask_text(raw, find_pii(raw)) for raw in acc.loc[hit, "raw"]]
-                acc_w.write_table(pa.Table.from_pandas(acc, schema=schema, preserve_index=False))
-                q = df[bad].assign(reasons=r[bad],
-                                   quarantined_copy=[copies.get(i) for i in np.flatnonzero(bad) + start])
-                q_w.write_table(pa.Table.from_pandas(q, schema=q_schema, preserve_index=False))
-                neutralise_formulas(q).to_csv(csv_fh, index=False, header=not wrote_header, quoting=csv.QUOTE_MINIMAL)
-                wrote_header = True
-                start = stop
-            if start == 0:
-                acc_w.write_table(schema.empty_table())
-                q_w.write_table(q_schema.empty_table())
-                csv_fh.write(",".join(q_schema.names) + "\n")
+    with (io.atomic_path(paths.accepted) as acc_tmp, io.atomic_path(qdir / "quarantined.parquet") as q_tmp,
+          io.atomic_path(qdir / "quarantined.csv") as csv_tmp,
+          pq.ParquetWriter(acc_tmp, schema) as acc_w, pq.ParquetWriter(q_tmp, q_schema) as q_w,
+          csv_tmp.open("w", encoding="utf-8", newline="") as csv_fh):
+        wrote_header = False
+        start = 0
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+            df = batch.to_pandas(types_mapper=None).astype({c: object for c in schema.names if c != "source_line"})
+            df = df.where(df.notna(), None)
+            stop = start + len(df)
+            r = reasons_arr[start:stop]
+            bad = r != ""
+            acc = df[~bad].copy()
+            m = masked_arr[start:stop][~bad]
+            hit = pd.notna(m)
+            if hit.any():
+                acc.loc[hit, "text"] = m[hit]
+                acc.loc[hit, "raw"] = [mask_text(raw, find_pii(raw)) for raw in acc.loc[hit, "raw"]]
+            acc_w.write_table(pa.Table.from_pandas(acc, schema=schema, preserve_index=False))
+            q = df[bad].assign(reasons=r[bad],
+                               quarantined_copy=[copies.get(i) for i in np.flatnonzero(bad) + start])
+            q_w.write_table(pa.Table.from_pandas(q, schema=q_schema, preserve_index=False))
+            neutralise_formulas(q).to_csv(csv_fh, index=False, header=not wrote_header, quoting=csv.QUOTE_MINIMAL)
+            wrote_header = True
+            start = stop
+        if start == 0:
+            acc_w.write_table(schema.empty_table())
+            q_w.write_table(q_schema.empty_table())
+            csv_fh.write(",".join(q_schema.names) + "\n")
     if start != len(reasons):
         raise RuntimeError(f"row accounting broken: submissions has {start} rows, checks saw {len(reasons)}")
 
@@ -368,8 +368,8 @@ def summary_md(m: dict[str, Any], top: int = 10) -> str:
     share = m["rows_quarantined"] / m["rows_in"] if m["rows_in"] else 0.0
     lines = [
         "# validate", "",
-        f"**{m['rows_in']}** row(s) in = **{m['rows_accepted']}** accepted + **{m['rows_quarantined']}** "
-        f"quarantined ({share:.1%}); the invariant is checked in code.", "",
+        (f"**{m['rows_in']}** row(s) in = **{m['rows_accepted']}** accepted + **{m['rows_quarantined']}** "
+         f"quarantined ({share:.1%}); the invariant is checked in code."), "",
         "| reason | rows |", "|---|---:|",
     ]
     lines += [f"| `{k}` | {v} |" for k, v in sorted(m["by_reason"].items(), key=lambda kv: -kv[1])] or ["| none | 0 |"]
@@ -378,8 +378,8 @@ def summary_md(m: dict[str, Any], top: int = 10) -> str:
     worst = sorted(((c, r) for c, r in m["by_contributor"].items() if r["rows_quarantined"]),
                    key=lambda cr: (-cr[1]["failure_rate"], -cr[1]["rows_quarantined"], cr[0]))[:top]
     if worst:
-        lines += ["", f"Contributors with the highest failure rate (top {len(worst)} of "
-                      f"{len(m['by_contributor'])}; passed to reputation):", "",
+        lines += ["", (f"Contributors with the highest failure rate (top {len(worst)} of "
+                       f"{len(m['by_contributor'])}; passed to reputation):"), "",
                   "| contributor | rows | quarantined | rate | main reason |", "|---|---:|---:|---:|---|"]
         for c, r in worst:
             main = max(r["reasons"].items(), key=lambda kv: kv[1])[0] if r["reasons"] else ""

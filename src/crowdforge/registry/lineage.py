@@ -62,3 +62,29 @@ def data_versions(root: Path, rel_paths: list[str]) -> dict[str, dict[str, str]]
         if p.exists():
             out[rel] = {"md5": md5_path(p), "dvc": recorded.get(rel, "")}
     return out
+
+
+def raw_dvc_md5(root: Path) -> str:
+    """The hash DVC recorded for ``data/raw`` in ``data/raw.dvc`` ('' when DVC does not track it)."""
+    dvcfile = root / "data" / "raw.dvc"
+    if not dvcfile.exists():
+        return ""
+    outs = (yaml.safe_load(dvcfile.read_text()) or {}).get("outs", [])
+    return str(outs[0].get("md5", "")) if outs else ""
+
+
+def restore_commands(tags: dict[str, str], run_id: str) -> list[str]:
+    """The exact shell commands that bring back a registered version's code and data."""
+    commit = tags.get("git_commit", "unknown")
+    cmds = []
+    if commit != "unknown":
+        note = "  # the tree was dirty: uncommitted changes are not recoverable" if tags.get("git_dirty") == "true" else ""
+        cmds.append(f"git checkout {commit}{note}")
+    cmds.append(f"mlflow artifacts download -u runs:/{run_id}/lineage -d lineage-{run_id[:8]}")
+    cmds.append(f"cp lineage-{run_id[:8]}/params.yaml params.yaml")
+    if tags.get("data.raw.dvc"):
+        cmds.append(f"cp lineage-{run_id[:8]}/raw.dvc data/raw.dvc && dvc pull data/raw.dvc   # raw data {tags['data.raw.dvc']}")
+    cmds.append("dvc repro   # rebuilds every stage from that code, data and params")
+    if tags.get("data.labels.md5"):
+        cmds.append(f"md5sum data/processed/labels.parquet   # expect {tags['data.labels.md5']}")
+    return cmds

@@ -1,9 +1,12 @@
-"""The champion/challenger gate.
+"""The champion/challenger gate, and rollback.
 
 Both ``@challenger`` and ``@champion`` are scored now, on the same frozen gold test split; the
 ``champion`` alias moves only when the challenger beats the champion by ``promote.margin`` on
-``promote.metric``. The decision, both scores and the test-set hash are recorded as tags on the
-challenger version, so the registry itself says why a version is (not) champion.
+``promote.metric``. The gate refuses when the two versions were built against different gold test
+splits (a model may have trained on items that are now test items), unless forced with a reason.
+Every decision, both scores and the test-set hash are tags on the challenger version, so the
+registry itself says why a version is (not) champion. A file lock serialises promotions on one
+machine and the alias is re-read after it moves, so two concurrent gates cannot interleave.
 """
 
 from __future__ import annotations
@@ -32,6 +35,21 @@ def decide(challenger: float, champion: float | None, margin: float) -> tuple[bo
     return False, f"challenger {challenger:.4f} < champion {champion:.4f} + margin {margin}"
 
 
+def comparable(challenger_hash: str, champion_hash: str | None, current_hash: str) -> str | None:
+    """Why the two versions cannot be compared fairly on the current test split, or ``None``."""
+    if challenger_hash != current_hash:
+        return (f"the challenger was evaluated on test split {challenger_hash[:12] or '?'} but the current "
+                f"gold test split is {current_hash[:12]}")
+    if champion_hash is not None and champion_hash != current_hash:
+        return (f"the champion was built against test split {champion_hash[:12] or '?'}, the challenger "
+                f"against {current_hash[:12]}: different test data")
+    return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _alias(client: Any, name: str, alias: str) -> Any | None:
     from mlflow.exceptions import MlflowException
 
@@ -41,15 +59,31 @@ def _alias(client: Any, name: str, alias: str) -> Any | None:
         return None
 
 
-def promote(params: Params, paths: Paths) -> dict[str, Any]:
+def _lock(paths: Paths):
+    from filelock import FileLock
+
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(paths.cache / "promote.lock"), timeout=600)
+
+
+def promote(params: Params, paths: Paths, force: bool = False, reason: str | None = None) -> dict[str, Any]:
+    """Run the gate; ``force`` promotes regardless and needs a ``reason``, which is recorded."""
+    metric = params.promote.metric
+    if metric not in METRICS:
+        raise PromotionError(f"promote.metric must be one of {METRICS}, got {metric!r}")
+    if force and not (reason and reason.strip()):
+        raise PromotionError("--force needs --reason: say why the gate is overridden (it is recorded)")
+    with _lock(paths):
+        return _promote_locked(params, paths, force, reason)
+
+
+def _promote_locked(params: Params, paths: Paths, force: bool, reason_given: str | None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
     from crowdforge.registry.evaluate import score
     from crowdforge.registry.tracking import connect
 
     metric = params.promote.metric
-    if metric not in METRICS:
-        raise PromotionError(f"promote.metric must be one of {METRICS}, got {metric!r}")
     connect(params, paths)
     client = MlflowClient()
     name = params.register.model_name
@@ -58,39 +92,76 @@ def promote(params: Params, paths: Paths) -> dict[str, Any]:
         raise PromotionError(f"model {name!r} has no version aliased 'challenger': run the register stage first")
     champion = _alias(client, name, "champion")
     test = gold_test(paths.gold)
-    test_hash = test_set_hash(test)
+    current = test_set_hash(test)
+    chal_v = str(challenger.version)
+    champ_v = str(champion.version) if champion is not None else None
 
-    if champion is not None and champion.version == challenger.version:
-        promoted, reason = False, f"version {challenger.version} is already champion"
-        chal_score = champ_score = float(challenger.tags.get(f"promotion.challenger_{metric}", "nan"))
-        decision = "kept"
+    chal_score: float | None = None
+    champ_score: float | None = None
+    if champ_v == chal_v and not force:
+        decision, reason = "kept", f"version {chal_v} is already champion"
     else:
-        chal_score = score(f"models:/{name}/{challenger.version}", test)[metric]
-        champ_score = score(f"models:/{name}/{champion.version}", test)[metric] if champion else None
-        promoted, reason = decide(chal_score, champ_score, params.promote.margin)
-        decision = "promoted" if promoted else "rejected"
+        problem = comparable(challenger.tags.get("test_set_hash", ""),
+                             champion.tags.get("test_set_hash", "") if champion else None, current)
+        chal_score = score(f"models:/{name}/{chal_v}", test)[metric]
+        champ_score = score(f"models:/{name}/{champ_v}", test)[metric] if champ_v else None
+        if force:
+            decision, reason = "forced", f"forced: {reason_given.strip()}" + (f" (gate: {problem})" if problem else "")
+        elif problem:
+            decision, reason = "refused", f"refused: {problem}"
+        else:
+            promoted, reason = decide(chal_score, champ_score, params.promote.margin)
+            decision = "promoted" if promoted else "rejected"
         tags = {
             "promotion.decision": decision, "promotion.reason": reason, "promotion.metric": metric,
             f"promotion.challenger_{metric}": f"{chal_score:.6f}",
             f"promotion.champion_{metric}": "" if champ_score is None else f"{champ_score:.6f}",
-            "promotion.champion_version": str(champion.version) if champion else "",
-            "promotion.margin": str(params.promote.margin),
-            "promotion.test_set_hash": test_hash,
-            "promotion.at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "promotion.champion_version": champ_v or "", "promotion.margin": str(params.promote.margin),
+            "promotion.test_set_hash": current, "promotion.at": _now(),
         }
         for key, value in tags.items():
-            client.set_model_version_tag(name, challenger.version, key, value)
-        if promoted:
-            client.set_registered_model_alias(name, "champion", challenger.version)
-            if champion is not None:
-                client.set_model_version_tag(name, champion.version, "promotion.replaced_by", str(challenger.version))
+            client.set_model_version_tag(name, chal_v, key, value)
+        if decision in ("promoted", "forced") and champ_v != chal_v:
+            client.set_registered_model_alias(name, "champion", chal_v)
+            client.set_model_version_tag(name, chal_v, "promotion.previous_champion", champ_v or "")
+            if champ_v:
+                client.set_model_version_tag(name, champ_v, "promotion.replaced_by", chal_v)
+            now = _alias(client, name, "champion")
+            if now is None or str(now.version) != chal_v:  # someone else moved it in between
+                raise PromotionError(f"champion alias moved concurrently (now {now and now.version}); re-run promote")
 
-    now_champion = str(challenger.version) if promoted else (str(champion.version) if champion else "")
+    final = _alias(client, name, "champion")
+    now_champion = str(final.version) if final is not None else ""
     summary = f"{decision}: {reason}"
-    md = (f"## promote\n\n**{decision}** version {challenger.version} of `{name}` "
-          f"({metric} on {len(test)} gold test items): {reason}. Champion is now version {now_champion}.\n")
+    md = (f"## promote\n\n**{decision}** version {chal_v} of `{name}` ({metric} on {len(test)} gold test "
+          f"items): {reason}. Champion is now version {now_champion or 'none'}.\n")
     report = {"decision": decision, "reason": reason, "summary": summary, "metric": metric,
-              "challenger_version": int(challenger.version),
-              "champion_version": int(now_champion) if now_champion else None,
-              "challenger_metric": chal_score, "champion_metric": champ_score, "test_set_hash": test_hash}
+              "challenger_version": int(chal_v), "champion_version": int(now_champion) if now_champion else None,
+              "previous_champion_version": int(champ_v) if champ_v else None,
+              "challenger_metric": chal_score, "champion_metric": champ_score, "test_set_hash": current}
     return write_report(paths, "promote", report, md)
+
+
+def rollback(params: Params, paths: Paths, reason: str | None = None) -> dict[str, Any]:
+    """Give ``champion`` back to the version it replaced (recorded on both versions)."""
+    from mlflow import MlflowClient
+
+    from crowdforge.registry.tracking import connect
+
+    with _lock(paths):
+        connect(params, paths)
+        client = MlflowClient()
+        name = params.register.model_name
+        champion = _alias(client, name, "champion")
+        if champion is None:
+            raise PromotionError(f"model {name!r} has no champion to roll back")
+        previous = champion.tags.get("promotion.previous_champion", "")
+        if not previous:
+            raise PromotionError(f"champion version {champion.version} replaced no earlier champion: nothing to roll back to")
+        client.set_registered_model_alias(name, "champion", previous)
+        note = reason or "rollback"
+        client.set_model_version_tag(name, str(champion.version), "rollback.at", _now())
+        client.set_model_version_tag(name, str(champion.version), "rollback.reason", note)
+        client.set_model_version_tag(name, previous, "rollback.restored_from", str(champion.version))
+    md = f"## rollback\n\n`{name}` champion moved back from version {champion.version} to version {previous} ({note}).\n"
+    return {"from_version": int(champion.version), "to_version": int(previous), "summary_md": md}
