@@ -26,12 +26,10 @@ $(STAMP): pyproject.toml requirements.lock
 setup: $(STAMP)  ## the pinned environment in .venv
 	mkdir -p $(PREFECT_HOME)
 
-data: setup  ## demo data (if data/raw holds none), versioned with DVC
+data: setup  ## demo data (if data/raw holds none)
 	crowdforge demo-data
-	dvc add -q data/raw
-	dvc push -q
 
-run: data  ## the Prefect flow collaborative_training on the embedded defaults
+run: data  ## the Prefect flow collaborative_training on the embedded defaults (versions data/raw with DVC first)
 	crowdforge run
 
 test: setup  ## the test suite (includes the whole flow and `dvc repro` on tiny data)

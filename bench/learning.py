@@ -369,7 +369,7 @@ def main() -> int:
     ap.add_argument("--throughput-n", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--parts", default="sst2,weather,throughput,demo")
+    ap.add_argument("--parts", default="sst2,throughput,weather,demo")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     args = ap.parse_args()
     if not SHARED.is_dir():
@@ -408,18 +408,21 @@ def main() -> int:
             if not args.no_write:
                 write_section(markdown(res))
 
-        if "sst2" in parts:
-            res["sst2"] = compare("sst2", lambda raw: prepare_sst2(raw, work, args.sst2_train, args.seed), work, args.threads)
-            save()
-        if "weather" in parts:
-            res["weather"] = compare("weather", lambda raw: prepare_weather(raw, args.weather_labels, args.weather_test, args.seed),
-                                     work, args.threads)
-            save()
-        if "throughput" in parts:
-            res["throughput"] = throughput(args.threads, args.throughput_n)
-            save()
-        if "demo" in parts:
-            res["demo"] = demo_pipeline(work, args.threads)
+        jobs = {
+            "sst2": lambda: compare("sst2", lambda raw: prepare_sst2(raw, work, args.sst2_train, args.seed), work, args.threads),
+            "throughput": lambda: throughput(args.threads, args.throughput_n),
+            "weather": lambda: compare("weather", lambda raw: prepare_weather(raw, args.weather_labels, args.weather_test,
+                                                                              args.seed), work, args.threads),
+            "demo": lambda: demo_pipeline(work, args.threads),
+        }
+        for part in parts:
+            try:
+                res[part] = jobs[part]()
+            except Exception as exc:  # one failed part must not lose the others' results
+                import traceback
+
+                traceback.print_exc()
+                res.setdefault("errors", {})[part] = repr(exc)
             save()
     print(markdown(res))
     return 0

@@ -112,6 +112,37 @@ def promote(params_file: str, root: str, overrides: dict[str, Any] | None, upstr
     return _brief(report)
 
 
+@task(retries=1, retry_delay_seconds=5, task_run_name="version-raw-data")
+def version_raw_data(root: str) -> dict[str, Any]:
+    """Snapshot ``data/raw`` with DVC (``dvc add`` + ``dvc push``) so each run's input is restorable.
+
+    Wiring, not an agent: it only runs when the project is a DVC repository.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    from crowdforge.registry.lineage import raw_dvc_md5
+
+    root_path = Path(root)
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    if not (root_path / ".dvc").is_dir() or not Path(dvc).exists():
+        get_run_logger().warning("%s is not a DVC repository (or dvc is missing): raw data not versioned", root)
+        return {"versioned": False}
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([dvc, *args], cwd=root_path, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"dvc {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout.strip()
+
+    run("add", "-q", "data/raw")
+    pushed = bool(run("remote", "default"))
+    if pushed:
+        run("push", "-q", "data/raw.dvc")
+    return {"versioned": True, "pushed": pushed, "raw_md5": raw_dvc_md5(root_path)}
+
+
 def _fresh(fn: Task, stage: Stage, root: Path, force: bool) -> Task:
     """Refresh the cache when forced or when the stage's outputs are gone."""
     return fn.with_options(refresh_cache=True) if force or not outputs_exist(stage, root) else fn
@@ -140,6 +171,10 @@ def collaborative_training(params_file: str = "params.yaml", root: str = ".",
         result = state.result()
         record(label, time.perf_counter() - t0, state, result)
         return result
+
+    t0 = time.perf_counter()
+    state = version_raw_data(root=str(root_path), return_state=True)
+    record("version-raw-data", time.perf_counter() - t0, state, state.result())
 
     prev: Any = None
     for name in ("ingest", "validate", "reputation", "augment", "pretrain"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 KEY_METRICS = {
-    "ingest": ("rows_in", "files"),
+    "version-raw-data": ("versioned", "pushed", "raw_md5"),
+    "ingest": ("rows_in", "files_read"),
     "validate": ("rows_in", "rows_accepted", "rows_quarantined"),
     "reputation": ("n_items", "n_contributors", "gold_check_accuracy", "majority_vote_gold_check_accuracy", "mean_confidence"),
     "augment": ("n_train", "n_valid", "n_augmented"),

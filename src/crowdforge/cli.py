@@ -147,13 +147,53 @@ def promote(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
     set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Promote the challenger even if the gate says no.")] = False,
+    reason: Annotated[Optional[str], typer.Option(help="Why the gate is overridden (required with --force; recorded).")] = None,
 ) -> None:
     """Champion/challenger gate on the frozen gold test split; records the decision on the version."""
     p, paths = _load(params, root, set_)
-    from crowdforge.registry.promote import promote as do_promote
+    from crowdforge.registry.promote import PromotionError, promote as do_promote
 
-    report = do_promote(p, paths)
+    try:
+        report = do_promote(p, paths, force=force, reason=reason)
+    except (PromotionError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
     typer.echo(report["summary_md"])
+
+
+@app.command()
+def rollback(
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+    reason: Annotated[Optional[str], typer.Option(help="Why (recorded on the version).")] = None,
+) -> None:
+    """Give `champion` back to the version the current champion replaced."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.registry.promote import PromotionError, rollback as do_rollback
+
+    try:
+        report = do_rollback(p, paths, reason=reason)
+    except PromotionError as exc:
+        _fail(str(exc))
+    typer.echo(report["summary_md"])
+
+
+@app.command()
+def lineage(
+    version: Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")],
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """Where a registered version came from, and the commands that restore its code and data."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.registry.lineage_report import LineageError, describe
+
+    try:
+        typer.echo(describe(p, paths, version))
+    except LineageError as exc:
+        _fail(str(exc))
 
 
 @app.command()

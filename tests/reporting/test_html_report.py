@@ -1,0 +1,74 @@
+"""The run report on a real (tiny) blackboard: every agent runs in-process, then the page is built."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from crowdforge import io
+from crowdforge.config import Params, load_params
+from crowdforge.paths import Paths
+from crowdforge.reporting import build_report
+from crowdforge.reporting.html_report import calibration_bins, ece, gold_test_predictions
+
+AGENTS = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")
+IMAGE = "data:image/png;base64,"
+
+
+@pytest.fixture()
+def tiny_run(tiny_project: Path) -> tuple[Params, Paths]:
+    params, paths = load_params(tiny_project / "params.yaml"), Paths(tiny_project)
+    for name in AGENTS:
+        importlib.import_module(f"crowdforge.agents.{name}").run(params, paths)
+    return params, paths
+
+
+def test_report_has_five_plots_and_the_key_numbers(tiny_run: tuple[Params, Paths]) -> None:
+    params, paths = tiny_run
+    start = time.perf_counter()
+    out = build_report(paths, params)
+    seconds = time.perf_counter() - start
+
+    assert out == paths.reports / "run_report.html" and out.exists()
+    page = out.read_text(encoding="utf-8")
+    assert page.count(IMAGE) == 5
+    assert "not available" not in page
+    assert not re.search(r"""(src|href)=["']https?://""", page)  # self-contained: nothing fetched
+    assert not list(paths.reports.glob(".run_report.html.*"))  # atomic write left no temp file
+
+    validate, reputation = io.read_json(paths.report("validate")), io.read_json(paths.report("reputation"))
+    pretrain, ensemble = io.read_json(paths.report("pretrain")), io.read_json(paths.report("ensemble"))
+    expected = [
+        f"{validate['rows_in']:,}", f"{validate['rows_accepted']:,}", f"{validate['rows_quarantined']:,}",
+        f"{reputation['gold_check_accuracy']:.3f}",
+        f"{pretrain['perplexity_before']:,.2f}", f"{pretrain['perplexity_after']:,.2f}",
+        f"{ensemble['test_accuracy']:.3f}", f"{ensemble['test_ece']:.3f}",
+    ]
+    for value in expected:
+        assert f'<div class="v">{value}</div>' in page, value
+    # the calibration plot re-predicts the shipped ensemble: its ECE must be the ensemble agent's
+    pred = gold_test_predictions(paths, params.data.classes, torch_threads=1)
+    bins = calibration_bins(pred["confidence"].to_numpy(), (pred["label"] == pred["gold"]).to_numpy())
+    assert ece(bins) == pytest.approx(ensemble["test_ece"], abs=1e-6)
+    assert seconds < 30, seconds  # generous on a shared CPU; includes loading + predicting the ensemble
+
+
+def test_missing_ensemble_report_renders_not_available(tiny_run: tuple[Params, Paths]) -> None:
+    params, paths = tiny_run
+    paths.report("ensemble").unlink()
+
+    page = build_report(paths, params).read_text(encoding="utf-8")
+
+    assert "not available: reports/ensemble.json not found" in page
+    assert page.count(IMAGE) == 4  # the other plots do not depend on the ensemble report
+    assert '<div class="v">n/a</div>' in page  # test accuracy / ECE in the header
+
+
+def test_empty_blackboard_never_crashes(tmp_path: Path) -> None:
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    page = build_report(Paths(tmp_path), params).read_text(encoding="utf-8")
+    assert page.count("not available:") == 5 and IMAGE not in page
