@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME := $(abspath .crowdforge/prefect)
 
-.PHONY: setup run data test repro ui prefect-ui clean bench-aggregation bench-ingest bench-learning
+.PHONY: setup run data test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,13 @@ bench-ingest: setup  ## ingestion + validation throughput and peak memory on 1M 
 
 bench-learning: setup  ## gold-trained vs naive vs crowdforge on SST-2 and weather sentiment; Trainer throughput
 	python bench/learning.py
+
+schedule: setup  ## local Prefect server on loopback (UI http://127.0.0.1:4200) serving the nightly deployment
+	crowdforge schedule --port 4200
+
+serve: setup  ## MLflow model server for models:/crowdforge@champion on http://127.0.0.1:5001/invocations
+	MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) mlflow models serve -m models:/crowdforge@champion \
+	  --env-manager local --host 127.0.0.1 --port 5001
 
 clean:  ## remove generated data, models, reports and the local stores (keeps .venv)
 	rm -rf data models reports mlflow.db mlartifacts .crowdforge .dvc-remote dvc.lock

@@ -268,6 +268,43 @@ def aggregate(
                + (f" and {workers_out}" if workers_out else ""))
 
 
+@app.command()
+def schedule(
+    port: Annotated[int, typer.Option(help="Port of the local Prefect server (ignored with PREFECT_API_URL).")] = 4200,
+    deployment: Annotated[str, typer.Option(help="Deployment name in prefect.yaml.")] = "nightly",
+    root: RootOpt = Path("."),
+) -> None:
+    """Serve the scheduled deployment from prefect.yaml (starts a Prefect server on loopback unless PREFECT_API_URL is set)."""
+    import contextlib
+    import os
+
+    import yaml
+
+    root = root.resolve()
+    spec = yaml.safe_load((root / "prefect.yaml").read_text())
+    found = [d for d in spec.get("deployments", []) if d.get("name") == deployment]
+    if not found:
+        _fail(f"prefect.yaml has no deployment named {deployment!r}")
+    dep = found[0]
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from pipelines.local_servers import prefect_server
+
+    home = Path(os.environ.get("PREFECT_HOME", root / ".crowdforge" / "prefect"))
+    server = (contextlib.nullcontext(os.environ["PREFECT_API_URL"]) if os.environ.get("PREFECT_API_URL")
+              else prefect_server(home, port=port))
+    with server as api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+        os.chdir(root)
+        from prefect.schedules import Cron
+
+        from pipelines.collaborative_training import collaborative_training
+
+        schedules = [Cron(s["cron"], timezone=s.get("timezone", "UTC")) for s in dep.get("schedules", [])]
+        typer.echo(f"serving {dep['name']} on {api_url} with {[s['cron'] for s in dep.get('schedules', [])]}")
+        collaborative_training.serve(name=dep["name"], schedules=schedules, parameters=dep.get("parameters", {}),
+                                     description=dep.get("description"))
+
+
 @app.command("dvc-yaml", hidden=True)
 def dvc_yaml_cmd(out: Annotated[Path, typer.Option(help="Where to write.")] = Path("dvc.yaml")) -> None:
     """Regenerate dvc.yaml from crowdforge.stages (developers)."""

@@ -147,3 +147,16 @@ def test_explain_worker():
     adv = np.array([[1, 0, 30], [0, 30, 0], [30, 0, 1.0]])
     assert "adversary-like" in reputation.explain_worker(adv, CLASSES, prior)
     assert reputation.explain_worker(np.eye(3) * 30, CLASSES, prior).startswith("reliable")
+
+
+@pytest.mark.parametrize("method", ["hierarchical", "one_coin", "mace"])
+def test_other_estimators_run_the_agent(tmp_path, method):
+    params = parse_params({"reputation": {"method": method}})
+    paths, truth, _ = make_project(tmp_path, failures={"spam": 5})
+    rep = reputation.run(params, paths)
+    labels = pd.read_parquet(paths.labels).set_index("item_id")
+    assert rep["method"] == method
+    assert (labels["label"].reindex(truth.index) == truth).mean() > 0.85
+    assert rep["least_trusted"][0]["contributor_id"] in {"adv", "spam"}
+    with pytest.raises(ValueError, match="reputation.method"):
+        reputation.run(parse_params({"reputation": {"method": "nope"}}), paths)

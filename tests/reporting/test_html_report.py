@@ -71,4 +71,4 @@ def test_missing_ensemble_report_renders_not_available(tiny_run: tuple[Params, P
 def test_empty_blackboard_never_crashes(tmp_path: Path) -> None:
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     page = build_report(Paths(tmp_path), params).read_text(encoding="utf-8")
-    assert page.count("not available:") == 5 and IMAGE not in page
+    assert page.count('<p class="na">not available:') == 5 and IMAGE not in page

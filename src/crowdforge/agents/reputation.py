@@ -46,13 +46,13 @@ from crowdforge import io
 from crowdforge.config import Params, ReputationParams
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
-from crowdforge.truth import DawidSkene, MajorityVote
+from crowdforge.truth import MACE, DawidSkene, HierarchicalDawidSkene, MajorityVote, OneCoinDawidSkene
 
 LEDGER_COLUMNS = [
     "contributor_id", "run_id", "data_version", "labels", "gold_checks", "gold_passed",
     "validation_failures", "reliability", "reliability_sd", "confusion",
 ]
-METHODS = ("dawid_skene", "majority_vote")
+METHODS = ("dawid_skene", "hierarchical", "one_coin", "mace", "majority_vote")
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -209,8 +209,13 @@ def fit_crowd(crowd: pd.DataFrame, classes: Sequence[str], rp: ReputationParams,
             probas.loc[g.index] = rp.gold_weight * np.eye(len(classes))[pd.Index(classes).get_indexer(g)] \
                 + (1 - rp.gold_weight) * probas.loc[g.index].to_numpy()
         return probas, {"n_iter": 0}
-    ds = DawidSkene(n_iter=rp.max_iter, tol=rp.tol, smoothing=rp.smoothing, shrinkage=rp.shrinkage,
-                    gold_weight=rp.gold_weight, classes=classes)
+    if rp.method == "hierarchical":
+        ds = HierarchicalDawidSkene(n_iter=rp.max_iter, tol=rp.tol, smoothing=rp.smoothing,
+                                    gold_weight=rp.gold_weight, classes=classes)
+    else:
+        cls = {"dawid_skene": DawidSkene, "one_coin": OneCoinDawidSkene, "mace": MACE}[rp.method]
+        ds = cls(n_iter=rp.max_iter, tol=rp.tol, smoothing=rp.smoothing, shrinkage=rp.shrinkage,
+                 gold_weight=rp.gold_weight, classes=classes)
     ds.fit(data, gold=gold, worker_prior=_errors_frame(prior, classes) if prior else None)
     return ds.probas_, {"n_iter": ds.n_iter_, "loglik": ds.loglik_}
 
