@@ -273,7 +273,7 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
                 "| crowd | gold items | accuracy, no gold | accuracy, 5% gold | ECE, no gold | ECE, 5% gold |",
                 "|---|---|---|---|---|---|"]
         for _, r in gold.iterrows():
-            out.append(f"| {r['crowd']} | {r['gold_items']} | {r['acc_none']:.3f} | {r['acc_gold']:.3f} | "
+            out.append(f"| {r['crowd']} | {int(r['gold_items'])} | {r['acc_none']:.3f} | {r['acc_gold']:.3f} | "
                        f"{r['ece_none']:.3f} | {r['ece_gold']:.3f} |")
         out.append(f"| **mean** | | {gold['acc_none'].mean():.4f} | {gold['acc_gold'].mean():.4f} | "
                    f"{gold['ece_none'].mean():.3f} | {gold['ece_gold'].mean():.3f} |")
@@ -285,7 +285,7 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
                 "1-2 labels each (1.5 on average), fitted fresh vs with the ledger prior.", "",
                 "| seed | round-2 labels | round-2 items | majority vote | fresh | with ledger |", "|---|---|---|---|---|---|"]
         for _, r in track.iterrows():
-            out.append(f"| {r['seed']} | {r['round2_labels']} | {r['round2_items']} | {r['mv']:.3f} | "
+            out.append(f"| {int(r['seed'])} | {int(r['round2_labels'])} | {int(r['round2_items'])} | {r['mv']:.3f} | "
                        f"{r['fresh']:.3f} | {r['ledger']:.3f} |")
         out.append(f"| **mean** | | | {track['mv'].mean():.3f} | {track['fresh'].mean():.3f} | "
                    f"{track['ledger'].mean():.3f} |")

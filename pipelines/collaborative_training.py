@@ -99,6 +99,15 @@ def register(params_file: str, root: str, overrides: dict[str, Any] | None, upst
     params, paths = _context(params_file, root, overrides)
     report = agent.run(params, paths, flow_run_id=flow_run_id)
     _publish("register", report)
+    from prefect.artifacts import create_link_artifact
+
+    from crowdforge.registry.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(params.register.tracking_uri, paths.root)
+    link = (f"{uri}/#/experiments/{report['experiment_id']}/runs/{report['run_id']}/artifacts/reports/run_report.html"
+            if uri.startswith("http") else (paths.root / report["run_report"]).as_uri())
+    create_link_artifact(key="crowdforge-run-report", link=link, link_text="run report (plots)",
+                         description="contributor reliability, confusion vs gold, confidence, members, calibration")
     return _brief(report)
 
 

@@ -27,7 +27,6 @@ class Stage:
     params: tuple[str, ...]
     outs: tuple[str, ...]
     persist: tuple[str, ...] = ()  # outs kept between runs and read back as history (DVC `persist`)
-    cache_outs: bool = True  # False for small outputs that must always reflect the latest run
     always_run: bool = False
 
 
@@ -94,11 +93,11 @@ STAGES: dict[str, Stage] = {
             "register",
             deps=("models/ensemble", "reports/ingest.json", "reports/validate.json",
                   "reports/reputation.json", "reports/augment.json", "reports/pretrain.json",
-                  "reports/finetune.json", "reports/ensemble.json"),
-            code=(f"{PKG}/agents/register.py", f"{PKG}/registry"),
+                  "reports/finetune.json", "reports/ensemble.json", "data/reputation/ledger.parquet",
+                  "data/processed/labels.parquet", "data/interim/gold.parquet"),
+            code=(f"{PKG}/agents/register.py", f"{PKG}/registry", f"{PKG}/reporting"),
             params=("register",),
-            outs=("reports/register.json",),
-            cache_outs=False,
+            outs=("reports/register.json", "reports/run_report.html"),
         ),
         Stage(
             "promote",
@@ -106,7 +105,6 @@ STAGES: dict[str, Stage] = {
             code=(f"{PKG}/registry",),
             params=("register", "promote"),
             outs=("reports/promote.json",),
-            cache_outs=False,
         ),
     )
 }
@@ -154,7 +152,7 @@ def dvc_yaml() -> dict[str, Any]:
     """The ``dvc.yaml`` content: every stage runs ``crowdforge stage NAME``."""
     stages: dict[str, Any] = {}
     for s in STAGES.values():
-        outs: list[Any] = [o if s.cache_outs else {o: {"cache": False}} for o in s.outs]
+        outs: list[Any] = list(s.outs)
         outs += [{p: {"persist": True}} for p in s.persist]
         entry: dict[str, Any] = {
             "cmd": f"crowdforge stage {s.name}",

@@ -42,4 +42,13 @@ def test_dvc_repro_twice(tiny_project: Path) -> None:
     again = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in again and "up to date" in again
     assert "up to date" in sh("dvc", "status", cwd=repo)
+    # push / pull round trip: a fresh clone pulls exactly these artifacts from the remote
     sh("dvc", "push", "-q", cwd=repo)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "run", cwd=repo)
+    clone = repo.parent / f"{repo.name}-clone"
+    sh("git", "clone", "-q", str(repo), str(clone), cwd=repo.parent)
+    sh("dvc", "pull", "-q", cwd=clone)
+    for rel in ("data/interim/accepted.parquet", "data/processed/labels.parquet", "models/ensemble/ensemble.json"):
+        assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    assert "up to date" in sh("dvc", "status", cwd=clone)

@@ -79,6 +79,9 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
     from crowdforge.registry.lineage import data_versions, git_state, md5_path, raw_dvc_md5
     from crowdforge.registry.tracking import connect
 
+    from crowdforge.reporting import build_report
+
+    report_html = build_report(paths, params)  # rebuilt even when the version is reused; logged with reports/
     experiment_id = connect(params, paths)
     client = MlflowClient()
     name = params.register.model_name
@@ -136,8 +139,10 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
     client.set_registered_model_alias(name, "challenger", version)
 
     metrics = {"model_name": name, "version": int(version), "new_version": new, "run_id": run_id,
+               "experiment_id": experiment_id,
                "model_uri": f"models:/{name}/{version}",
-               "test_accuracy": ensemble_report.get("test_accuracy")}
+               "test_accuracy": ensemble_report.get("test_accuracy"),
+               "run_report": str(report_html.relative_to(paths.root))}
     verb = "registered new" if new else "reused already registered"
     md = (f"## register\n\n{verb} version **{version}** of `{name}` (alias `challenger`), "
           f"MLflow run `{run_id}`, ensemble md5 `{ensemble_md5}`.\n")

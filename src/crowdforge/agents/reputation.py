@@ -217,7 +217,7 @@ def fit_crowd(crowd: pd.DataFrame, classes: Sequence[str], rp: ReputationParams,
         ds = cls(n_iter=rp.max_iter, tol=rp.tol, smoothing=rp.smoothing, shrinkage=rp.shrinkage,
                  gold_weight=rp.gold_weight, classes=classes)
     ds.fit(data, gold=gold, worker_prior=_errors_frame(prior, classes) if prior else None)
-    return ds.probas_, {"n_iter": ds.n_iter_, "loglik": ds.loglik_}
+    return ds.probas_, {"n_iter": ds.n_iter_, "loglik": getattr(ds, "loglik_", None)}
 
 
 def worker_table(crowd: pd.DataFrame, probas: pd.DataFrame, prior: dict[str, np.ndarray],

@@ -198,7 +198,7 @@ def reliability_figure(workers: pd.DataFrame, n_classes: int, n_labelled: int = 
     ax.errorbar(x, rel, yerr=sd, fmt="none", ecolor="#999999", elinewidth=1, capsize=2)
     ax.scatter(x, rel, c=list(colour), s=22, zorder=3)
     ax.axhline(1.0 / n_classes, ls="--", lw=1, color="#888888")
-    ax.text(n - 0.5, 1.0 / n_classes + 0.01, "chance (random labels)", ha="right", va="bottom",
+    ax.text(-0.5, 1.0 / n_classes - 0.01, "chance (random labels)", ha="left", va="top",
             fontsize=8, color="#666666")
     for i in [*range(k), *range(n - k, n)]:
         top = i < k
@@ -268,7 +268,8 @@ def accuracy_figure(ensemble_report: Mapping[str, Any]) -> Figure:
     y = np.arange(len(names))[::-1]
     ax.barh(y, values, color=colours)
     for yi, v in zip(y, values):
-        ax.text(min(v + 0.01, 0.9), yi, f"{v:.3f}", va="center", fontsize=8)
+        ax.text(min(v + 0.01, 0.9), yi, f"{v:.3f}", va="center", fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})
     if "test_accuracy" in ensemble_report:
         ax.axvline(float(ensemble_report["test_accuracy"]), ls="--", lw=1, color="#4c72b0")
     ax.set_yticks(y, names, fontsize=8)
@@ -279,19 +280,19 @@ def accuracy_figure(ensemble_report: Mapping[str, Any]) -> Figure:
 
 
 def calibration_figure(bins: pd.DataFrame) -> Figure:
-    """Reliability diagram (accuracy vs confidence per bin) over a histogram of bin counts."""
+    """Reliability diagram (Guo et al. 2017): accuracy bars per confidence bin, the bin's mean
+    confidence as a red mark, over a histogram of how many items fall in each bin."""
     fig = _figure(5.2, 5.0)
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    width = float((bins["hi"] - bins["lo"]).iloc[0]) if len(bins) else 0.1
+    width = 0.9 * (float((bins["hi"] - bins["lo"]).iloc[0]) if len(bins) else 1.0 / N_BINS)
     centre = (bins["lo"] + bins["hi"]) / 2
-    top.bar(centre, bins["accuracy"], width=width * 0.9, color="#4c72b0", alpha=0.8, label="accuracy in bin")
-    top.bar(centre, bins["confidence"] - bins["accuracy"], bottom=bins["accuracy"], width=width * 0.9,
-            color="#c44e52", alpha=0.35, label="gap to mean confidence")
     top.plot([0, 1], [0, 1], ls="--", color="#555555", lw=1, label="perfect calibration")
-    top.plot(bins["confidence"], bins["accuracy"], "o-", color="#222222", ms=4)
-    top.set(ylim=(0, 1), ylabel="accuracy", title=f"ECE {ece(bins):.3f} ({int(bins['n'].sum())} items)")
+    top.bar(centre, bins["accuracy"], width=width, color="#4c72b0", label="accuracy in bin")
+    top.hlines(bins["confidence"], centre - width / 2, centre + width / 2, color="#c44e52", lw=2.5,
+               label="mean confidence in bin")
+    top.set(ylim=(0, 1.02), ylabel="accuracy", title=f"ECE {ece(bins):.3f} ({int(bins['n'].sum())} items)")
     top.legend(fontsize=8, loc="upper left")
-    bottom.bar(centre, bins["n"], width=width * 0.9, color="#999999")
+    bottom.bar(centre, bins["n"], width=width, color="#999999")
     bottom.set(xlim=(0, 1), xlabel="ensemble confidence", ylabel="items")
     return fig
 
@@ -383,8 +384,8 @@ def sections(paths: Paths, classes: Sequence[str], reports: Mapping[str, dict[st
             "Test accuracy of each fine-tuned member (grey) and each way of combining them (blue); the "
             "dashed line is the shipped ensemble, which should beat or match the best member."), accuracy),
         render_section("Calibration of the ensemble", (
-            "In each confidence bin, the bar is how often the ensemble was right; on the diagonal, "
-            "confidence means what it says, red gaps above bars are overconfidence."), calibration),
+            "In each confidence bin the bar is how often the ensemble was right and the red mark how sure "
+            "it was: bars above their mark are underconfidence, below it overconfidence."), calibration),
     ]
 
 
