@@ -233,7 +233,7 @@ def compare(name: str, prep: Any, work: Path, threads: int) -> dict[str, Any]:
 
 def throughput(threads: int, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for mode in ("trainer", "full", "head", "partial_cached", "partial_uncached"):
+    for mode in ("trainer", "trainer_grouped", "full", "head", "partial_cached", "partial_uncached"):
         log(f"throughput: {mode}")
         cmd = [sys.executable, str(ROOT / "bench" / "learning_throughput.py"), mode, "--threads", str(threads),
                "--n", str(n), "--sst2", str(SHARED / "sst2" / "stsa.binary.train")]
@@ -303,7 +303,8 @@ def markdown(res: dict[str, Any]) -> str:
         lines += [f"**Throughput** ({t['trainer'].get('n', '?')} SST-2 sentences, max length 64, batch 32, one epoch, "
                   "each in its own process):", "",
                   "| path | examples/s | seconds/epoch | peak RSS |", "|---|---|---|---|"]
-        for k, label in (("trainer", "HF `Trainer`, same mean-pool model"), ("full", "crowdforge `full`"),
+        for k, label in (("trainer", "HF `Trainer`, same mean-pool model"),
+                         ("trainer_grouped", "HF `Trainer`, `group_by_length=True`"), ("full", "crowdforge `full`"),
                          ("partial_uncached", "crowdforge `partial` (2 layers), no cache"),
                          ("partial_cached", "crowdforge `partial` (2 layers), cached lower layers"),
                          ("head", "crowdforge `head` (cached embeddings)")):

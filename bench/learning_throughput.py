@@ -4,6 +4,7 @@ Modes, all on the same ``--n`` SST-2 train sentences, the packaged MiniLM, max l
 
 - ``trainer``: Hugging Face ``Trainer`` training crowdforge's mean-pool classifier (the same
   model), one epoch, dynamic padding (``DataCollatorWithPadding``), no evaluation, no saving;
+- ``trainer_grouped``: the same with ``group_by_length=True`` (the Trainer's own length grouping);
 - ``full``: crowdforge's ``fit_classifier`` with the ``full`` strategy, one epoch;
 - ``partial_cached`` / ``partial_uncached``: the ``partial`` strategy (top 2 layers), one epoch,
   with and without the frozen-lower-layers cache;
@@ -26,9 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set (VmHWM). Not ``ru_maxrss``: Linux carries that over ``exec``
+    from the parent, so every child of a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["trainer", "full", "head", "partial_cached", "partial_uncached"])
+    ap.add_argument("mode", choices=["trainer", "trainer_grouped", "full", "head", "partial_cached", "partial_uncached"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--sst2", required=True)
@@ -65,7 +75,7 @@ def main() -> None:
     out: dict = {"mode": args.mode, "n": len(texts), "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
 
-    if args.mode == "trainer":
+    if args.mode.startswith("trainer"):
         from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
         encoder, tok = load_encoder(backbone)
@@ -89,11 +99,12 @@ def main() -> None:
             targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=bs, num_train_epochs=1,
                                       learning_rate=5e-5, weight_decay=0.01, report_to=[], save_strategy="no",
                                       logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
-                                      disable_tqdm=True, seed=0)
+                                      disable_tqdm=True, seed=0, group_by_length=args.mode == "trainer_grouped")
             trainer = Trainer(model=WithLoss(model), args=targs, train_dataset=data,
                               data_collator=DataCollatorWithPadding(tok))
             res = trainer.train()
         secs = float(res.metrics["train_runtime"])
+        out["threads_after_train"] = torch.get_num_threads()
         out.update(examples_per_s=len(texts) / secs, seconds_per_epoch=secs)
     elif args.mode == "head":
         with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +125,7 @@ def main() -> None:
                            cache_frozen=args.mode == "partial_cached")
         out.update(examples_per_s=r.examples_seen / r.train_seconds, seconds_per_epoch=r.train_seconds / r.epochs_run)
     out["total_seconds"] = time.perf_counter() - t0
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
 
 

@@ -63,12 +63,28 @@ def run(
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(paths.cache / "prefect-results"))
     if os.environ.get("PREFECT_HOME"):
         Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from pipelines.collaborative_training import build_flow
-    from pipelines.summary import format_summary
+    import contextlib
 
-    result = build_flow(p)(params_file=str(params.resolve()), root=str(paths.root),
-                           overrides=parse_overrides(set_), force=force)
+    code_root = str(Path(__file__).resolve().parents[2])
+    sys.path.insert(0, code_root)
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")]))
+    from pipelines.local_servers import prefect_server
+
+    # Dask workers are separate processes: without one shared API each would start its own
+    # ephemeral server (ENVIRONMENT.md), so start a loopback server for the run unless one is set.
+    shared_api = p.runtime.task_runner == "dask" and not os.environ.get("PREFECT_API_URL")
+    with prefect_server(paths.cache / "prefect-dask") if shared_api else contextlib.nullcontext() as api_url:
+        if api_url:
+            os.environ["PREFECT_API_URL"] = api_url
+        from pipelines.collaborative_training import build_flow
+        from pipelines.summary import format_summary
+
+        result = build_flow(p)(params_file=str(params.resolve()), root=str(paths.root),
+                               overrides=parse_overrides(set_), force=force)
+        if api_url:  # ship the last logs before the server goes away
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler.flush()
     from crowdforge import io
 
     io.write_json(paths.reports / "summary.json", result)

@@ -51,7 +51,7 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class ReputationParams:
-    method: str = "dawid_skene"
+    method: str = "hierarchical"
     max_iter: int = 100
     tol: float = 1e-6
     smoothing: float = 1.0
@@ -121,6 +121,7 @@ class FinetuneParams:
 class EnsembleParams:
     calibrate: bool = True
     calibration_target: str = "hard"  # hard: valid label (what test ECE measures) | soft: prob_<class>
+    noise_aware: bool = True  # fit T and weights through a label-noise channel (valid labels are crowd labels)
     distill: bool = False  # also distil the ensemble into one student model (models/ensemble/student/)
     distill_strategy: str = "partial"  # the student's transfer strategy: head | partial | full
     distill_epochs: int = 3

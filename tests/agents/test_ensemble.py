@@ -143,3 +143,26 @@ def test_distillation_targets_follow_the_teacher() -> None:
     assert (q.argmax(1) == p.argmax(1)).all() and (q.max(1) < p.max(1)).all() and (q.min(1) > p.min(1)).all()
     np.testing.assert_allclose(q.sum(1), 1.0)
     np.testing.assert_allclose(ensemble.soften(p, 1.0), p)
+
+
+def test_noise_aware_temperature_undoes_label_noise() -> None:
+    """Labels flipped at rate eps: plain temperature scaling learns the noise as under-confidence;
+    fitting through the noise channel recovers the temperature that is right for the truth."""
+    rng = np.random.default_rng(0)
+    n = 20000
+    y = rng.integers(0, 2, n)
+    z = np.stack([np.zeros(n), (2 * y - 1) * 2.0 + rng.normal(0, 1.5, n)], 1)  # logits
+    truth_t = ensemble.fit_temperature(z, np.eye(2)[y])
+    flip = rng.random(n) < 0.2
+    noisy = np.where(flip, 1 - y, y)
+    plain = ensemble.fit_temperature(z, np.eye(2)[noisy])
+    aware = ensemble.fit_temperature(z, np.eye(2)[noisy], noise=0.2)
+    assert plain > 1.5 * truth_t  # noise read as under-confidence
+    assert aware == pytest.approx(truth_t, rel=0.1)
+
+
+def test_label_noise_is_the_expected_error_of_the_hard_labels() -> None:
+    q = np.array([[0.9, 0.1], [0.3, 0.7], [0.5, 0.5]])
+    assert ensemble.label_noise(q, np.array([0, 1, 0])) == pytest.approx(1 - (0.9 + 0.7 + 0.5) / 3)
+    assert ensemble.noisy_channel(np.array([[1.0, 0.0]]), 0.2).tolist() == [[0.8, 0.2]]
+    assert ensemble.noisy_channel(np.array([[0.7, 0.3]]), 0.0).tolist() == [[0.7, 0.3]]
