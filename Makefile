@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME := $(abspath .crowdforge/prefect)
 
-.PHONY: setup run data test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning
+.PHONY: setup run data test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning bench-runners
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ schedule: setup  ## local Prefect server on loopback (UI http://127.0.0.1:4200) 
 serve: setup  ## MLflow model server for models:/crowdforge@champion on http://127.0.0.1:5001/invocations
 	MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) mlflow models serve -m models:/crowdforge@champion \
 	  --env-manager local --host 127.0.0.1 --port 5001
+
+bench-runners: setup  ## ensemble members serially, in threads and on a local Dask cluster
+	python bench/task_runners.py
 
 clean:  ## remove generated data, models, reports and the local stores (keeps .venv)
 	rm -rf data models reports mlflow.db mlartifacts .crowdforge .dvc-remote dvc.lock

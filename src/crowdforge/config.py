@@ -110,6 +110,8 @@ class FinetuneParams:
     strategy: str | None = None  # None: each member's own strategy; head|partial|full: force all members
     cache_frozen: bool = True  # partial: cache the frozen lower layers' hidden states once
     checkpoint: bool = True  # partial/full: save a resumable checkpoint after every epoch
+    refine_rounds: int = 2  # EM rounds refining the soft labels with an out-of-fold text classifier (0 = off)
+    refine_folds: int = 5
     members: tuple[MemberParams, ...] = (
         MemberParams(name="head-a", strategy="head", seed=1, max_epochs=30),
         MemberParams(name="head-boot", strategy="head", seed=2, bootstrap=True, max_epochs=30),

@@ -15,6 +15,12 @@ optional bootstrap resampling (bagging, Breiman 1996) with one of two units:
   correlated (same skill, same biases), so resampling contributors rather than rows gives members
   that disagree where the data depends on a few people, which is what the ensemble should hedge.
 
+Label refinement (``refine_rounds``, default 2): before any member trains, the soft labels are
+combined with an out-of-fold logistic regression on the frozen encoder's cached embeddings,
+``r ∝ p(c | x) q(c) / prior(c)`` (Raykar et al. 2010; see ``crowdforge.modeling.refine``), and
+example weights follow the refined confidence. Valid labels are left as the crowd gave them (the
+ensemble calibrates against them through a noise channel).
+
 ``finetune.strategy`` (``null`` by default) forces one strategy on every member, so
 ``dvc exp run -S finetune.strategy=full`` is a one-key experiment; members keep their names.
 
@@ -61,6 +67,7 @@ from crowdforge.modeling.classifier import (
     load_encoder,
     new_head,
 )
+from crowdforge.modeling.refine import refine_soft_labels
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report as _write_report
 from crowdforge.runtime import set_torch_threads
@@ -198,6 +205,17 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
 
     texts, q, w, _ = load_split(paths.train, classes)
     v_texts, v_q, _, v_y = load_split(paths.valid, classes)
+    backbone, source = encoder_source(paths, params)
+    fingerprint = member_fingerprint(params, paths, m, backbone)
+    refined = {"rounds": ft.refine_rounds, "changed": 0.0}
+    if ft.refine_rounds > 0:  # the same refinement for every member (deterministic, cached embeddings)
+        train_df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id"])
+        groups = train_df["source_item_id"].fillna(train_df["item_id"]).astype(str).tolist()
+        x_all = cached_embeddings(backbone, texts, ft.max_length, paths.cache / "embeddings")
+        r = refine_soft_labels(x_all, q, w, groups, ft.refine_rounds, ft.refine_folds, ft.seed)
+        refined["changed"] = float((r.argmax(1) != q.argmax(1)).mean())
+        w = w / np.clip(q.max(1), 1e-12, None) * r.max(1)  # weight follows the refined confidence
+        q = r
     # bagging (after caching, so bootstrapped heads reuse the cache)
     rows = np.arange(len(texts))
     if m.bootstrap and m.bootstrap_unit == "row":
@@ -209,8 +227,6 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         w = w * contributor_bootstrap_weights(src.tolist(), accepted, seed)
         rows = np.flatnonzero(w > 0)
 
-    backbone, source = encoder_source(paths, params)
-    fingerprint = member_fingerprint(params, paths, m, backbone)
     if m.strategy == "head":  # the encoder is loaded only on a cache miss
         cache = paths.cache / "embeddings"
         x = cached_embeddings(backbone, texts, ft.max_length, cache)[rows]
@@ -237,6 +253,7 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         "strategy": m.strategy,
         "member": asdict(m),
         "fingerprint": fingerprint,
+        "label_refinement": refined,
         "seed": seed,
         "classes": classes,
         "max_length": ft.max_length,
