@@ -304,7 +304,7 @@ def markdown(res: dict[str, Any]) -> str:
                   "each in its own process):", "",
                   "| path | examples/s | seconds/epoch | peak RSS |", "|---|---|---|---|"]
         for k, label in (("trainer", "HF `Trainer`, same mean-pool model"),
-                         ("trainer_grouped", "HF `Trainer`, `group_by_length=True`"), ("full", "crowdforge `full`"),
+                         ("trainer_grouped", "HF `Trainer`, `train_sampling_strategy='group_by_length'`"), ("full", "crowdforge `full`"),
                          ("partial_uncached", "crowdforge `partial` (2 layers), no cache"),
                          ("partial_cached", "crowdforge `partial` (2 layers), cached lower layers"),
                          ("head", "crowdforge `head` (cached embeddings)")):
@@ -317,7 +317,8 @@ def markdown(res: dict[str, Any]) -> str:
                       f"so the first head epoch including it is {f['seconds_per_epoch'] / (h['seconds_per_epoch'] + h['embed_seconds']):.1f}x faster than a full epoch.", ""]
     demo = res.get("demo")
     if demo:
-        lines += [f"**Demo pipeline** (default params, agents ingest..ensemble in-process, no Prefect/MLflow): "
+        lines += [f"**Demo pipeline** (default params incl. `runtime.torch_threads: 0` = 2 threads, agents ingest..ensemble "
+                  f"in-process, no Prefect/MLflow): "
                   f"{demo['seconds']:.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in demo['stage_seconds'].items())}); "
                   f"test accuracy {fmt_pct(demo['test_accuracy'])} %, ECE {demo['test_ece']:.3f}.", ""]
     if res.get("goals"):
@@ -373,7 +374,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--parts", default="sst2,throughput,weather,demo")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--from-json", type=Path, help="only re-render BENCHMARKS.md from a saved learning.json")
     args = ap.parse_args()
+    if args.from_json:
+        res = json.loads(args.from_json.read_text())
+        res["goals"] = goals(res)
+        write_section(markdown(res))
+        print(markdown(res))
+        return 0
     if not SHARED.is_dir():
         print(f"bench-learning: {SHARED} is absent; skipping (the benchmark needs the shared datasets).")
         return 0

@@ -4,7 +4,7 @@ Modes, all on the same ``--n`` SST-2 train sentences, the packaged MiniLM, max l
 
 - ``trainer``: Hugging Face ``Trainer`` training crowdforge's mean-pool classifier (the same
   model), one epoch, dynamic padding (``DataCollatorWithPadding``), no evaluation, no saving;
-- ``trainer_grouped``: the same with ``group_by_length=True`` (the Trainer's own length grouping);
+- ``trainer_grouped``: the same with ``train_sampling_strategy="group_by_length"`` (the Trainer's own length grouping);
 - ``full``: crowdforge's ``fit_classifier`` with the ``full`` strategy, one epoch;
 - ``partial_cached`` / ``partial_uncached``: the ``partial`` strategy (top 2 layers), one epoch,
   with and without the frozen-lower-layers cache;
@@ -99,7 +99,8 @@ def main() -> None:
             targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=bs, num_train_epochs=1,
                                       learning_rate=5e-5, weight_decay=0.01, report_to=[], save_strategy="no",
                                       logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
-                                      disable_tqdm=True, seed=0, group_by_length=args.mode == "trainer_grouped")
+                                      disable_tqdm=True, seed=0,
+                                      train_sampling_strategy="group_by_length" if args.mode == "trainer_grouped" else "random")
             trainer = Trainer(model=WithLoss(model), args=targs, train_dataset=data,
                               data_collator=DataCollatorWithPadding(tok))
             res = trainer.train()

@@ -59,6 +59,9 @@ def test_member_folders(trained) -> None:
     partial = io.read_json(paths.member("partial-1") / "member.json")
     assert partial["encoder"]["kind"] == "trained" and (paths.member("partial-1") / "encoder" / "config.json").exists()
     assert partial["classes"] == ["negative", "neutral", "positive"] and partial["max_length"] == 24
+    # soft labels were refined with the text (default 2 rounds), identically for every member
+    assert head["label_refinement"]["rounds"] == 2 and 0 <= head["label_refinement"]["changed"] <= 1
+    assert partial["label_refinement"] == head["label_refinement"]
 
 
 def test_head_members_share_cached_embeddings(trained) -> None:

@@ -105,6 +105,32 @@ def encode(data: pd.DataFrame, classes: Sequence[Hashable] | None = None) -> Enc
                    task_idx, worker_idx, label_idx, A)
 
 
+def row_max(x: np.ndarray) -> np.ndarray:
+    """Row maxima of a (tasks x classes) array.
+
+    Same values as ``x.max(axis=1)``, but one vectorised pass per class column: numpy's
+    reduction over a short contiguous last axis is ~15x slower than this on 10^5-10^6 rows, and
+    it dominated the E-step at 1M labels.
+    """
+    out = x[:, 0].copy()
+    for k in range(1, x.shape[1]):
+        np.maximum(out, x[:, k], out=out)
+    return out
+
+
+def row_sum(x: np.ndarray) -> np.ndarray:
+    """Row sums of a (tasks x classes) array, class by class (see :func:`row_max`; fixed order)."""
+    out = x[:, 0].copy()
+    for k in range(1, x.shape[1]):
+        out += x[:, k]
+    return out
+
+
+def col_sum(x: np.ndarray) -> np.ndarray:
+    """Column sums of a (tasks x classes) array (``x.sum(axis=0)``, faster on tall arrays)."""
+    return np.array([x[:, k].sum() for k in range(x.shape[1])], dtype=float)
+
+
 def vote_counts(enc: Encoded, worker_weights: np.ndarray | None = None) -> np.ndarray:
     """Task x class (weighted) vote counts: ``A`` collapsed over workers."""
     K = enc.n_classes

@@ -23,13 +23,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from crowdforge.truth.base import row_max, row_sum
+
 S_BOUNDS = (1.0, 20.0)  # temper only: the independence assumption over-states evidence, never under-states it
 
 
 def softmax_rows(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    e = np.exp(z - row_max(z)[:, None])
+    return e / row_sum(e)[:, None]
 
 
 def tempered(L: np.ndarray, log_p: np.ndarray, s: float) -> np.ndarray:
@@ -65,7 +66,7 @@ def fit_temperature_heldout(L_rows: np.ndarray, log_pi_label: np.ndarray, log_p:
 
     def nll(s: float) -> float:
         q = tempered(loo, log_p, s)
-        return -float(np.log(np.maximum((q * lik).sum(axis=1), 1e-300)).mean())
+        return -float(np.log(np.maximum(row_sum(q * lik), 1e-300)).mean())
 
     return float(minimize_scalar(nll, bounds=S_BOUNDS, method="bounded", options={"xatol": 1e-3}).x)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from crowdforge.truth.base import Encoded, encode, gold_matrix, most_probable, vote_counts
+from crowdforge.truth.base import Encoded, col_sum, encode, gold_matrix, most_probable, row_max, row_sum, vote_counts
 
 _TINY = 1e-300
 
@@ -127,7 +127,7 @@ class DawidSkene:
         """
         if init is None:
             votes = vote_counts(enc)
-            init = votes / votes.sum(axis=1, keepdims=True)
+            init = votes / row_sum(votes)[:, None]
         T = self._clamp(init, gold_rows, gold_onehot)
         prev = -np.inf
         loglik = -np.inf
@@ -196,7 +196,7 @@ class DawidSkene:
         counts = counts + self.smoothing / K  # a row total of `smoothing`, spread evenly
         row = counts.sum(axis=2, keepdims=True)
         pi = np.divide(counts, row, out=np.full_like(counts, 1.0 / K), where=row > 0)
-        class_counts = T.sum(axis=0) + self.smoothing / K
+        class_counts = col_sum(T) + self.smoothing / K
         p = class_counts / class_counts.sum() if class_counts.sum() > 0 else np.full(K, 1.0 / K)
         return np.log(np.maximum(pi, _TINY)), np.log(np.maximum(p, _TINY))
 
@@ -205,9 +205,9 @@ class DawidSkene:
         K = enc.n_classes
         obs_major = log_pi.transpose(0, 2, 1).reshape(enc.n_workers * K, K)  # rows (w, l)
         ll = np.asarray(enc.A @ obs_major) + log_p
-        top = ll.max(axis=1, keepdims=True)
+        top = row_max(ll)[:, None]
         ex = np.exp(ll - top)
-        s = ex.sum(axis=1, keepdims=True)
+        s = row_sum(ex)[:, None]
         return ex / s, float((np.log(s) + top).sum())
 
     def _prior_array(self, worker_prior: pd.DataFrame | None, enc: Encoded) -> np.ndarray:
