@@ -260,6 +260,8 @@ def aggregate(
     item_col: Annotated[str, typer.Option("--item-col", help="Item column name.")] = "item",
     worker_col: Annotated[str, typer.Option("--worker-col", help="Worker column name.")] = "worker",
     label_col: Annotated[str, typer.Option("--label-col", help="Label column name.")] = "label",
+    gold_item_col: Annotated[str, typer.Option("--gold-item-col", help="Item column of the --gold file (--item-col does not apply to it).")] = "item",
+    gold_label_col: Annotated[str, typer.Option("--gold-label-col", help="Label column of the --gold file (--label-col does not apply to it).")] = "label",
     seed: Annotated[int, typer.Option(help="Random seed (calibration subsample on very large inputs).")] = 0,
 ) -> None:
     """Aggregate crowd labels into one label per item, with calibrated confidence and worker reliability."""
@@ -268,7 +270,7 @@ def aggregate(
     try:
         cls = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         df = read_labels(labels, item_col, worker_col, label_col, cls)
-        g = read_gold(gold, item_col, label_col) if gold else None
+        g = read_gold(gold, gold_item_col, gold_label_col) if gold else None
         res = run_aggregate(df, method=method, gold=g, classes=cls, seed=seed, source=str(labels))
         write_table(res.items, out)
         if workers_out:

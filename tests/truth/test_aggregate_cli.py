@@ -69,3 +69,24 @@ def test_bad_input_is_a_clear_error(tmp_path, content, args, message):
 def test_missing_file(tmp_path):
     r = _run("--labels", tmp_path / "nope.csv", "--out", tmp_path / "o.csv")
     assert r.exit_code == 2 and "no such labels file" in r.output
+
+
+def test_gold_columns_are_the_gold_files_own(tmp_path):
+    """--item-col/--label-col name the labels file's columns only; the gold file has item,label or
+    its own --gold-item-col/--gold-label-col."""
+    df, truth = make_crowd(n_tasks=60)
+    df.rename(columns={"task": "it", "label": "ans"}).to_csv(tmp_path / "l.csv", index=False)
+    gold = pd.DataFrame({"item": truth.index[:10], "label": truth.iloc[:10]})
+    gold.to_csv(tmp_path / "g.csv", index=False)
+    common = ("--labels", tmp_path / "l.csv", "--out", tmp_path / "o.csv", "--item-col", "it", "--label-col", "ans",
+              "--workers-out", tmp_path / "w.csv")
+    r = _run(*common, "--gold", tmp_path / "g.csv")
+    assert r.exit_code == 0, r.output
+    assert pd.read_csv(tmp_path / "w.csv")["gold_checks"].sum() > 0  # the gold was read and used
+    # a gold file named like the labels file is not read through --item-col: a clear error instead
+    gold.rename(columns={"item": "it", "label": "ans"}).to_csv(tmp_path / "g2.csv", index=False)
+    r = _run(*common, "--gold", tmp_path / "g2.csv")
+    assert r.exit_code == 2 and "missing gold column(s) ['item', 'label']" in r.output and "--gold-item-col" in r.output
+    r = _run(*common, "--gold", tmp_path / "g2.csv", "--gold-item-col", "it", "--gold-label-col", "ans")
+    assert r.exit_code == 0, r.output
+    assert pd.read_csv(tmp_path / "w.csv")["gold_checks"].sum() > 0

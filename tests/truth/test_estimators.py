@@ -101,3 +101,24 @@ def test_methods_registry_and_bad_params():
         HierarchicalDawidSkene(shrinkages=()).fit(one)
     est = HierarchicalDawidSkene(classes=[0, 1]).fit(one)  # a single label still gets an answer
     assert est.labels_["a"] == 1 and 0.5 < est.probas_.loc["a", 1] <= 1.0
+
+
+def test_row_helpers_match_numpy():
+    from crowdforge.truth.base import col_sum, row_max, row_sum
+
+    x = np.random.default_rng(0).normal(size=(1000, 5))
+    assert np.array_equal(row_max(x), x.max(axis=1))
+    assert np.allclose(row_sum(x), x.sum(axis=1)) and np.allclose(col_sum(x), x.sum(axis=0))
+
+
+def test_hierarchical_large_crowd_mode():
+    """Above large_crowd_labels: the coarse grid and a calibration sample; same answers, nearly."""
+    df, truth = make_crowd(n_tasks=300)
+    full = HierarchicalDawidSkene(large_crowd_labels=None).fit(df)
+    large = HierarchicalDawidSkene(large_crowd_labels=100, large_crowd_calibration_labels=500).fit(df)
+    assert list(full.temperature_.index) == sorted(HierarchicalDawidSkene().shrinkages)
+    assert list(large.temperature_.index) == [3.0, 30.0, 300.0, 1e6]
+    assert (large.temperature_ >= 1).all() and np.allclose(large.probas_.sum(axis=1), 1)
+    assert abs(acc(large.labels_, truth) - acc(full.labels_, truth)) <= 0.02
+    again = HierarchicalDawidSkene(large_crowd_labels=100, large_crowd_calibration_labels=500).fit(df)
+    assert again.probas_.equals(large.probas_)  # the sample is seeded

@@ -88,14 +88,17 @@ def read_labels(path: Path, item_col: str = "item", worker_col: str = "worker", 
 
 
 def read_gold(path: Path, item_col: str = "item", label_col: str = "label") -> pd.Series:
+    """Known answers ``item -> label`` from a CSV/Parquet file with columns ``item_col, label_col``.
+
+    The gold file has its own column names (``item,label`` by default; ``--gold-item-col`` /
+    ``--gold-label-col`` in the CLI): the labels file's ``--item-col``/``--label-col`` do not apply
+    to it, so a gold file is never read through another file's column names.
+    """
     raw = _read_table(path, "gold")
-    if item_col not in raw.columns and "item" in raw.columns:
-        item_col = "item"
-    if label_col not in raw.columns and "label" in raw.columns:
-        label_col = "label"
     missing = [c for c in (item_col, label_col) if c not in raw.columns]
     if missing:
-        raise AggregateError(f"{path}: missing gold column(s) {missing}; found {list(raw.columns)[:10]}")
+        raise AggregateError(f"{path}: missing gold column(s) {missing}; found {list(raw.columns)[:10]} "
+                             "(name the gold file's columns with --gold-item-col / --gold-label-col)")
     g = pd.DataFrame({"item": _clean(raw[item_col]), "label": _clean(raw[label_col])})
     bad = np.flatnonzero(g.isna().any(axis=1).to_numpy())
     if len(bad):

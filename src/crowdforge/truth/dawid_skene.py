@@ -8,7 +8,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from crowdforge.truth.base import Encoded, col_sum, encode, gold_matrix, most_probable, row_max, row_sum, vote_counts
+from crowdforge.truth.base import (
+    Encoded,
+    col_sum,
+    encode,
+    gold_matrix,
+    most_probable,
+    row_max,
+    row_sum,
+    vote_counts,
+)
 
 _TINY = 1e-300
 
