@@ -359,7 +359,7 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
                 if isinstance(r.get("error"), str):
                     out.append(f"| {n:,} | {r['method']} | {r['error']} | | | |")
                     continue
-                ratio = f"{ref / r['wall']:.1f}x faster" if ref and r["wall"] <= ref else (
+                ratio = "reference" if r["method"] == "ck DawidSkene" else f"{ref / r['wall']:.1f}x faster" if ref and r["wall"] <= ref else (
                     f"{r['wall'] / ref:.1f}x slower" if ref else "–")
                 out.append(f"| {n:,} | {r['method']} | {r['acc']:.4f} | {r['wall']:.2f} | {ratio} | "
                            f"{r['peak_rss_mb']:.0f} |")

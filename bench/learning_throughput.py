@@ -87,7 +87,7 @@ def main() -> None:
                 super().__init__()
                 self.inner = inner
 
-            def forward(self, input_ids, attention_mask, labels=None, **_):  # noqa: ANN001
+            def forward(self, input_ids, attention_mask, labels=None, **_):
                 logits = self.inner(input_ids, attention_mask)
                 loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
                 return {"loss": loss, "logits": logits}

@@ -72,9 +72,9 @@ def test_same_seed_same_result(tiny_backbone: Path, tmp_path: Path) -> None:
 
 
 def _corpus(n: int = 60) -> list[str]:
-    from crowdforge.modeling.toy import toy_texts
-
     import numpy as np
+
+    from crowdforge.modeling.toy import toy_texts
 
     return toy_texts(["negative", "neutral", "positive"] * (n // 3), np.random.default_rng(0))
 

@@ -112,7 +112,7 @@ def test_length_grouped_batches_cover_every_row_once() -> None:
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
     assert all(len(b) <= 8 for b in batches)
     # less padding than random batches: the mean within-batch length spread shrinks
-    spread = lambda bs: np.mean([lengths[b].max() - lengths[b].min() for b in bs])  # noqa: E731
+    spread = lambda bs: np.mean([lengths[b].max() - lengths[b].min() for b in bs])
     assert spread(batches) < 0.2 * spread(batch_order(1000, 8, np.random.default_rng(1)))
 
 

@@ -27,7 +27,7 @@ def test_refinement_fixes_crowd_errors_the_text_contradicts() -> None:
 
 
 def test_zero_rounds_or_one_group_is_the_identity() -> None:
-    x, q, y = _crowd(40)
+    x, q, _ = _crowd(40)
     np.testing.assert_array_equal(refine_soft_labels(x, q, np.ones(40), [f"i{i}" for i in range(40)], rounds=0), q)
     np.testing.assert_array_equal(refine_soft_labels(x, q, np.ones(40), ["same"] * 40, rounds=2), q)
 

@@ -228,7 +228,14 @@ def distill_student(ens: Ensemble, params: Params, train_texts: Sequence[str], v
     """
     import torch
 
-    from crowdforge.modeling.classifier import FitConfig, MeanPoolClassifier, fit_classifier, fit_head, load_encoder, new_head
+    from crowdforge.modeling.classifier import (
+        FitConfig,
+        MeanPoolClassifier,
+        fit_classifier,
+        fit_head,
+        load_encoder,
+        new_head,
+    )
     from crowdforge.modeling.inference import encode_texts
 
     ep, ft = params.ensemble, params.finetune

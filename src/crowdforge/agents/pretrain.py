@@ -234,7 +234,12 @@ def pretrain(
 
 def _pretrain(texts: Sequence[str], cfg: PretrainParams, out_dir: Any, backbone: str, start: float,
               checkpoint_dir: str | Path | None, on_checkpoint: Callable[[int], None] | None) -> dict[str, Any]:
-    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import (
+        AutoModel,
+        AutoModelForMaskedLM,
+        AutoTokenizer,
+        get_linear_schedule_with_warmup,
+    )
 
     mlm = cfg.objective == "mlm"
     torch.manual_seed(cfg.seed)

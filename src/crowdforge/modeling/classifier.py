@@ -305,7 +305,7 @@ class EpochCheckpoint:
             return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
-        except Exception:  # a torn or foreign file: start over
+        except (OSError, RuntimeError, EOFError, ValueError):  # a torn or foreign file: start over
             return None
         return state if state.get("key") == self.key else None
 
