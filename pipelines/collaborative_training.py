@@ -192,6 +192,12 @@ def collaborative_training(params_file: str = "params.yaml", root: str = ".",
     t0 = time.perf_counter()
     workers = max(1, params.runtime.max_workers)
     threads = params.runtime.torch_threads or max(1, (os.cpu_count() or 1) // workers)
+    # transformers resolves its names lazily, and two threads resolving one at the same time can
+    # fail (ImportError on `set_seed`): resolve what members use once, here, before they start.
+    from transformers import AutoModel, AutoTokenizer, set_seed  # noqa: F401
+
+    import crowdforge.agents.finetune  # noqa: F401
+
     futures = [_fresh(train_member, _stage("finetune", m.name), root_path, force).submit(
                    name="finetune", member=m.name, upstream=prev, threads=threads, **common)
                for m in params.finetune.members]

@@ -6,7 +6,7 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -19,7 +19,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
 RootOpt = Annotated[Path, typer.Option("--root", help="Project folder holding data/, models/, reports/.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-S", help="Override a param: section.key=value (YAML value).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override a param: section.key=value (YAML value).")]
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -82,9 +82,9 @@ def run(
         result = build_flow(p)(params_file=str(params.resolve()), root=str(paths.root),
                                overrides=parse_overrides(set_), force=force)
         if api_url:  # ship the last logs before the server goes away
-            from prefect.logging.handlers import APILogHandler
+            from prefect.logging.handlers import APILogWorker
 
-            APILogHandler.flush()
+            APILogWorker.drain_all(timeout=10)
     from crowdforge import io
 
     io.write_json(paths.reports / "summary.json", result)
@@ -164,11 +164,12 @@ def promote(
     root: RootOpt = Path("."),
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Promote the challenger even if the gate says no.")] = False,
-    reason: Annotated[Optional[str], typer.Option(help="Why the gate is overridden (required with --force; recorded).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why the gate is overridden (required with --force; recorded).")] = None,
 ) -> None:
     """Champion/challenger gate on the frozen gold test split; records the decision on the version."""
     p, paths = _load(params, root, set_)
-    from crowdforge.registry.promote import PromotionError, promote as do_promote
+    from crowdforge.registry.promote import PromotionError
+    from crowdforge.registry.promote import promote as do_promote
 
     try:
         report = do_promote(p, paths, force=force, reason=reason)
@@ -182,11 +183,12 @@ def rollback(
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
     set_: SetOpt = None,
-    reason: Annotated[Optional[str], typer.Option(help="Why (recorded on the version).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why (recorded on the version).")] = None,
 ) -> None:
     """Give `champion` back to the version the current champion replaced."""
     p, paths = _load(params, root, set_)
-    from crowdforge.registry.promote import PromotionError, rollback as do_rollback
+    from crowdforge.registry.promote import PromotionError
+    from crowdforge.registry.promote import rollback as do_rollback
 
     try:
         report = do_rollback(p, paths, reason=reason)
@@ -214,10 +216,10 @@ def lineage(
 
 @app.command()
 def predict(
-    texts: Annotated[Optional[list[str]], typer.Argument(help="Texts to classify.")] = None,
-    file: Annotated[Optional[Path], typer.Option("--file", help="A text file (one text per line) or CSV/Parquet with a `text` column.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write predictions to this CSV/Parquet instead of printing.")] = None,
-    model_uri: Annotated[Optional[str], typer.Option(help="Default: models:/<register.model_name>@champion.")] = None,
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[Path | None, typer.Option("--file", help="A text file (one text per line) or CSV/Parquet with a `text` column.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write predictions to this CSV/Parquet instead of printing.")] = None,
+    model_uri: Annotated[str | None, typer.Option(help="Default: models:/<register.model_name>@champion.")] = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
     set_: SetOpt = None,
@@ -253,10 +255,10 @@ def predict(
 def aggregate(
     labels: Annotated[Path, typer.Option("--labels", help="CSV/TSV/Parquet with one row per label (item, worker, label).")],
     out: Annotated[Path, typer.Option("--out", help="Write item,label,confidence,n_labels,prob_<class>... (CSV or .parquet).")],
-    workers_out: Annotated[Optional[Path], typer.Option("--workers-out", help="Write each worker's reliability and its sd.")] = None,
-    gold: Annotated[Optional[Path], typer.Option("--gold", help="Known answers (item,label): used as checks that anchor the model.")] = None,
+    workers_out: Annotated[Path | None, typer.Option("--workers-out", help="Write each worker's reliability and its sd.")] = None,
+    gold: Annotated[Path | None, typer.Option("--gold", help="Known answers (item,label): used as checks that anchor the model.")] = None,
     method: Annotated[str, typer.Option("--method", help="auto (default: hierarchical Dawid-Skene) | hierarchical | dawid_skene | one_coin | mace | majority_vote.")] = "auto",
-    classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated class list; a label outside it is an error. Default: the labels seen.")] = None,
+    classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class list; a label outside it is an error. Default: the labels seen.")] = None,
     item_col: Annotated[str, typer.Option("--item-col", help="Item column name.")] = "item",
     worker_col: Annotated[str, typer.Option("--worker-col", help="Worker column name.")] = "worker",
     label_col: Annotated[str, typer.Option("--label-col", help="Label column name.")] = "label",
@@ -265,7 +267,8 @@ def aggregate(
     seed: Annotated[int, typer.Option(help="Random seed (calibration subsample on very large inputs).")] = 0,
 ) -> None:
     """Aggregate crowd labels into one label per item, with calibrated confidence and worker reliability."""
-    from crowdforge.truth.aggregate import AggregateError, aggregate as run_aggregate, read_gold, read_labels, write_table
+    from crowdforge.truth.aggregate import AggregateError, read_gold, read_labels, write_table
+    from crowdforge.truth.aggregate import aggregate as run_aggregate
 
     try:
         cls = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
