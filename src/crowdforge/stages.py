@@ -148,11 +148,16 @@ def fingerprint(stage: Stage, params: Params, root: Path, extra: dict[str, Any] 
     return h.hexdigest()
 
 
+def _is_metrics(out: str) -> bool:
+    """Stage reports are DVC metrics, so `dvc exp show` / `dvc metrics diff` list their numbers."""
+    return out.startswith("reports/") and out.endswith(".json")
+
+
 def dvc_yaml() -> dict[str, Any]:
     """The ``dvc.yaml`` content: every stage runs ``crowdforge stage NAME``."""
     stages: dict[str, Any] = {}
     for s in STAGES.values():
-        outs: list[Any] = list(s.outs)
+        outs: list[Any] = [o for o in s.outs if not _is_metrics(o)]
         outs += [{p: {"persist": True}} for p in s.persist]
         entry: dict[str, Any] = {
             "cmd": f"crowdforge stage {s.name}",
@@ -160,6 +165,9 @@ def dvc_yaml() -> dict[str, Any]:
             "params": list(s.params),
             "outs": outs,
         }
+        metrics = [o for o in s.outs if _is_metrics(o)]
+        if metrics:
+            entry["metrics"] = metrics
         if s.always_run:
             entry["always_changed"] = True
         stages[s.name] = entry

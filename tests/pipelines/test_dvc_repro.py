@@ -52,3 +52,9 @@ def test_dvc_repro_twice(tiny_project: Path) -> None:
     for rel in ("data/interim/accepted.parquet", "data/processed/labels.parquet", "models/ensemble/ensemble.json"):
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
     assert "up to date" in sh("dvc", "status", cwd=clone)
+
+    # an experiment: `dvc exp run -S` sets params.yaml, reruns what depends on it, and
+    # `dvc exp show` lists the param and the metrics from the stage reports
+    sh("dvc", "exp", "run", "-q", "-n", "full-ft", "-S", "finetune.strategy=full", cwd=repo)
+    shown = sh("dvc", "exp", "show", "--md", "--no-pager", cwd=repo)
+    assert "full-ft" in shown and "finetune.strategy" in shown and "test_accuracy" in shown
