@@ -160,3 +160,14 @@ def test_other_estimators_run_the_agent(tmp_path, method):
     assert rep["least_trusted"][0]["contributor_id"] in {"adv", "spam"}
     with pytest.raises(ValueError, match="reputation.method"):
         reputation.run(parse_params({"reputation": {"method": "nope"}}), paths)
+
+
+def test_resubmitted_rows_do_not_count_as_validation_failures():
+    from crowdforge.agents.reputation import validation_failures
+
+    got = validation_failures({
+        "careful": {"rows_quarantined": 4, "reasons": {"resubmitted": 4}},
+        "sloppy": {"rows_quarantined": 5, "reasons": {"resubmitted": 1, "label_not_in_classes": 4}},
+        "old-report": {"rows_quarantined": 2},
+    })
+    assert got == {"careful": 0, "sloppy": 4, "old-report": 2}

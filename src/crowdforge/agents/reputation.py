@@ -117,6 +117,19 @@ def ledger_prior(ledger: pd.DataFrame | None, current_version: str, classes: Seq
     return out
 
 
+NOT_JUNK = ("resubmitted",)  # quarantine reasons that say nothing about a contributor's care
+
+
+def validation_failures(by_contributor: dict[str, Any]) -> dict[str, int]:
+    """Quarantined rows per contributor from ``validate.json``, minus re-sent identical files."""
+    out: dict[str, int] = {}
+    for cid, rec in by_contributor.items():
+        rec = rec or {}
+        excused = sum(int((rec.get("reasons") or {}).get(r, 0) or 0) for r in NOT_JUNK)
+        out[str(cid)] = max(0, int(rec.get("rows_quarantined", 0) or 0) - excused)
+    return out
+
+
 def validation_prior(failures: dict[str, int], class_prior: np.ndarray, penalty: float,
                      cap: float) -> dict[str, np.ndarray]:
     """Pseudo-errors [true, observed] for contributors with quarantined rows (see module doc)."""
@@ -274,11 +287,8 @@ def _read_inputs(paths: Paths) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, in
     accepted = pd.read_parquet(paths.accepted)
     gold = pd.read_parquet(paths.gold) if paths.gold.exists() else pd.DataFrame(
         columns=["item_id", "text", "label", "split"])
-    failures: dict[str, int] = {}
     vpath = paths.report("validate")
-    if vpath.exists():
-        for cid, rec in (io.read_json(vpath).get("by_contributor") or {}).items():
-            failures[str(cid)] = int((rec or {}).get("rows_quarantined", 0) or 0)
+    failures = validation_failures(io.read_json(vpath).get("by_contributor") or {}) if vpath.exists() else {}
     ledger = pd.read_parquet(paths.ledger) if paths.ledger.exists() else None
     return accepted, gold, failures, ledger
 
