@@ -27,7 +27,6 @@ class Stage:
     params: tuple[str, ...]
     outs: tuple[str, ...]
     persist: tuple[str, ...] = ()  # outs kept between runs and read back as history (DVC `persist`)
-    always_run: bool = False
 
 
 STAGES: dict[str, Stage] = {
@@ -168,7 +167,5 @@ def dvc_yaml() -> dict[str, Any]:
         metrics = [o for o in s.outs if _is_metrics(o)]
         if metrics:
             entry["metrics"] = metrics
-        if s.always_run:
-            entry["always_changed"] = True
         stages[s.name] = entry
     return {"stages": stages}
