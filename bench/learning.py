@@ -192,7 +192,7 @@ def refined_label_accuracy(params: Any, root: Path, truth: dict[str, str]) -> fl
     import numpy as np
     import pandas as pd
 
-    from crowdforge.agents.finetune import encoder_source, load_split
+    from crowdforge.modeling.members import encoder_source, load_split
     from crowdforge.modeling.classifier import cached_embeddings
     from crowdforge.modeling.refine import refine_soft_labels
     from crowdforge.paths import Paths

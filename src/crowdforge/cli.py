@@ -106,7 +106,8 @@ def stage(
     p, paths = _load(params, root, set_)
     from crowdforge.runtime import set_torch_threads
 
-    set_torch_threads(p.runtime.torch_threads) if name in ("pretrain", "finetune", "ensemble") else None
+    if name in ("pretrain", "finetune", "ensemble"):
+        set_torch_threads(p.runtime.torch_threads)
     if name == "promote":
         from crowdforge.registry.promote import promote as do_promote
 

@@ -51,7 +51,7 @@ def test_report_has_five_plots_and_the_key_numbers(tiny_run: tuple[Params, Paths
     for value in expected:
         assert f'<div class="v">{value}</div>' in page, value
     # the calibration plot re-predicts the shipped ensemble: its ECE must be the ensemble agent's
-    pred = gold_test_predictions(paths, params.data.classes, torch_threads=1)
+    pred = gold_test_predictions(paths, params.data.classes)
     bins = calibration_bins(pred["confidence"].to_numpy(), (pred["label"] == pred["gold"]).to_numpy())
     assert ece(bins) == pytest.approx(ensemble["test_ece"], abs=1e-6)
     assert seconds < 30, seconds  # generous on a shared CPU; includes loading + predicting the ensemble

@@ -47,11 +47,17 @@ import numpy as np
 import pandas as pd
 
 from crowdforge import io
-from crowdforge.agents.finetune import ENCODER_DIR, HEAD_FILE, MEMBER_FILE, load_split
 from crowdforge.config import Params
 from crowdforge.gold import gold_test, test_set_hash
 from crowdforge.modeling.backbone import resolve_backbone
 from crowdforge.modeling.inference import Ensemble, Member, softmax
+from crowdforge.modeling.members import (
+    ENCODER_DIR,
+    HEAD_FILE,
+    MEMBER_FILE,
+    encoder_source,
+    load_split,
+)
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
 from crowdforge.runtime import set_torch_threads
@@ -269,6 +275,17 @@ def distill_student(ens: Ensemble, params: Params, train_texts: Sequence[str], v
     return student, info
 
 
+def test_predictions(test: pd.DataFrame, probs: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+    """Per-item ensemble predictions on the gold test split, so reports need not predict again."""
+    out = pd.DataFrame({"item_id": test["item_id"].astype(str).to_numpy(),
+                        "gold": test["label"].astype(str).to_numpy(),
+                        "label": np.asarray(classes)[probs.argmax(1)],
+                        "confidence": probs.max(1)})
+    for i, c in enumerate(classes):
+        out[f"prob_{c}"] = probs[:, i]
+    return out
+
+
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     start = time.perf_counter()
     threads = set_torch_threads(params.runtime.torch_threads)
@@ -313,8 +330,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     if params.ensemble.distill:
         if params.ensemble.distill_strategy not in ("head", "partial", "full"):
             raise ValueError(f"ensemble.distill_strategy must be head|partial|full, got {params.ensemble.distill_strategy!r}")
-        from crowdforge.agents.finetune import encoder_source
-
         train_texts = pd.read_parquet(paths.train, columns=["text"])["text"].astype(str).tolist()
         student, student_info = distill_student(ens, params, train_texts, v_texts, y_valid,
                                                 encoder_source(paths, params)[0], noise)
@@ -350,6 +365,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         if student is not None:
             student.save(tmp / "student", extra={"test_set_hash": metrics["test_set_hash"],
                                                  "test_accuracy": student_info["test_accuracy"]})
+    io.write_parquet(paths.reports / "test_predictions.parquet",
+                     test_predictions(test, test_s["weighted"], classes))
     metrics["seconds"] = round(time.perf_counter() - start, 3)
 
     lines = ["# ensemble", "",

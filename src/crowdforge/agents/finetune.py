@@ -56,7 +56,7 @@ import torch
 
 from crowdforge import io
 from crowdforge.config import MemberParams, Params
-from crowdforge.modeling.backbone import backbone_fingerprint, resolve_backbone
+from crowdforge.modeling.backbone import backbone_fingerprint
 from crowdforge.modeling.classifier import (
     STRATEGIES,
     FitConfig,
@@ -67,15 +67,17 @@ from crowdforge.modeling.classifier import (
     load_encoder,
     new_head,
 )
+from crowdforge.modeling.members import (
+    ENCODER_DIR,
+    HEAD_FILE,
+    MEMBER_FILE,
+    encoder_source,
+    load_split,
+)
 from crowdforge.modeling.refine import refine_soft_labels
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report as _write_report
 from crowdforge.runtime import set_torch_threads
-
-MEMBER_FILE = "member.json"
-HEAD_FILE = "head.safetensors"
-ENCODER_DIR = "encoder"
-
 
 BOOTSTRAP_UNITS = ("row", "contributor")
 
@@ -140,36 +142,6 @@ def member_fingerprint(params: Params, paths: Paths, m: MemberParams, backbone: 
         h.update(_file_digest(f).encode() if f.exists() else b"-")
     h.update(backbone_fingerprint(backbone).encode())
     return h.hexdigest()
-
-
-def load_split(path: Path, classes: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Texts, soft labels ``(n, C)``, weights ``(n,)`` and hard label indices ``(n,)`` of a split.
-
-    Soft labels are renormalised; missing ``prob_`` columns fall back to one-hot ``label``; the
-    hard label is ``label`` when it names a class, else the soft label's argmax.
-    """
-    df = pd.read_parquet(path)
-    classes = list(classes)
-    cols = [f"prob_{c}" for c in classes]
-    if all(c in df for c in cols):
-        q = df[cols].to_numpy(dtype=np.float64)
-    else:
-        q = np.zeros((len(df), len(classes)))
-        q[np.arange(len(df)), [classes.index(l) for l in df["label"]]] = 1.0
-    q = np.clip(np.nan_to_num(q), 0, None)
-    q = q / np.clip(q.sum(1, keepdims=True), 1e-12, None)
-    w = df["weight"].fillna(1.0).to_numpy(dtype=np.float64) if "weight" in df else np.ones(len(df))
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index.get(l, -1) for l in df.get("label", pd.Series([None] * len(df)))])
-    y = np.where(y < 0, q.argmax(1), y)
-    return df["text"].astype(str).tolist(), q, w, y
-
-
-def encoder_source(paths: Paths, params: Params) -> tuple[str, dict[str, Any]]:
-    """The encoder members start from: models/pretrained/ when pretrain ran, else the base backbone."""
-    if (paths.pretrained / "config.json").exists():
-        return str(paths.pretrained), {"kind": "pretrained"}
-    return resolve_backbone(params.pretrain.backbone), {"kind": "base", "name": params.pretrain.backbone}
 
 
 def finished_member(params: Params, paths: Paths, name: str) -> dict[str, Any] | None:

@@ -7,8 +7,8 @@ accuracy and the ensemble's calibration curve. Every plot is a PNG embedded as a
 artifact or a Prefect link alike.
 
 A report must never fail a run: a section whose inputs are missing or unusable renders as
-"not available: <reason>" and the others still render. The frozen test split is only *predicted*
-here (the ensemble agent already scored it); nothing is fitted on it.
+"not available: <reason>" and the others still render. Test-split predictions come from the
+ensemble agent (reports/test_predictions.parquet); nothing is fitted or predicted here.
 """
 
 from __future__ import annotations
@@ -94,25 +94,17 @@ def contributor_reliability(ledger: pd.DataFrame, data_version: str | None) -> p
                             kind="mergesort").reset_index(drop=True)
 
 
-def gold_test_predictions(paths: Paths, classes: Sequence[str], torch_threads: int) -> pd.DataFrame:
-    """The shipped ensemble's predictions on the frozen gold test split, with the gold ``label``
-    renamed ``gold``: the plots need per-item predictions, which the ensemble report does not keep."""
-    from crowdforge.gold import gold_test
-    from crowdforge.modeling.inference import load_ensemble
-    from crowdforge.runtime import set_torch_threads
-
-    if not (paths.ensemble / "ensemble.json").exists():
-        raise Unavailable("models/ensemble/ not found (run the ensemble stage)")
-    if not paths.gold.exists():
-        raise Unavailable("data/interim/gold.parquet not found (run the ingest stage)")
-    test = gold_test(paths.gold)
-    set_torch_threads(torch_threads)
-    pred = load_ensemble(paths.ensemble).predict(test["text"].astype(str).tolist())
+def gold_test_predictions(paths: Paths, classes: Sequence[str]) -> pd.DataFrame:
+    """The ensemble's per-item predictions on the frozen gold test split (``gold`` = the expert
+    label), as the ensemble agent wrote them: the plots need them, and predicting again is slow."""
+    path = paths.reports / "test_predictions.parquet"
+    if not path.exists():
+        raise Unavailable("reports/test_predictions.parquet not found (run the ensemble stage)")
+    pred = pd.read_parquet(path)
     missing = [f"prob_{c}" for c in classes if f"prob_{c}" not in pred.columns]
     if missing:
         raise Unavailable(f"ensemble classes differ from data.classes {list(classes)}")
-    return pred.assign(item_id=test["item_id"].astype(str).to_numpy(),
-                       gold=test["label"].astype(str).to_numpy())
+    return pred
 
 
 # --- pure numbers -------------------------------------------------------------------------------
@@ -443,12 +435,12 @@ def build_report(paths: Paths, params: Params) -> Path:
     """Write ``reports/run_report.html`` (self-contained, atomic) from the blackboard; return its path.
 
     Reads reports/{validate,reputation,pretrain,ensemble}.json, the reputation ledger, the soft
-    labels, and predicts the gold test split with models/ensemble/. Missing inputs make sections
+    labels, and the ensemble's gold-test predictions. Missing inputs make sections
     "not available", never an exception.
     """
     classes = list(params.data.classes)
     reports = load_reports(paths, ("validate", "reputation", "pretrain", "ensemble"))
-    preds = _capture(lambda: gold_test_predictions(paths, classes, params.runtime.torch_threads))
+    preds = _capture(lambda: gold_test_predictions(paths, classes))
     subtitle, notes = _subtitle_and_notes(reports)
     page = render_html(key_numbers(reports), subtitle, notes, sections(paths, classes, reports, preds))
     out = paths.reports / REPORT_FILE
