@@ -70,3 +70,46 @@ def test_schedule_serves_the_cron_deployment(tmp_path_factory) -> None:
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=30)
+
+
+def _api(api_url: str, path: str, body: dict) -> list[dict]:
+    req = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    return json.loads(urllib.request.urlopen(req, timeout=30).read())
+
+
+@pytest.mark.slow
+def test_prefect_deploy_and_a_process_worker_run_the_nightly_deployment(tiny_project: Path,
+                                                                         tmp_path_factory) -> None:
+    """The operator's path: `prefect deploy --all` from prefect.yaml, a run, a worker on the pool."""
+    home = tmp_path_factory.mktemp("prefect-deploy")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with prefect_server(home) as api_url:
+        env = _env(PREFECT_API_URL=api_url, PREFECT_HOME=str(home), CROWDFORGE_ROOT=str(ROOT))
+
+        def cli(*args: str, timeout: float = 300) -> str:
+            proc = subprocess.run([prefect, "--no-prompt", *args], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=timeout)
+            assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+            return proc.stdout
+
+        cli("work-pool", "create", "crowdforge", "--type", "process")
+        cli("deploy", "--all")
+        [deployment] = _api(api_url, "/deployments/filter", {})
+        assert deployment["name"] == "nightly" and deployment["work_pool_name"] == "crowdforge"
+        assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
+
+        params = json.dumps({"root": str(tiny_project), "params_file": str(tiny_project / "params.yaml")})
+        cli("deployment", "run", "collaborative_training/nightly", "--params", params)
+        cli("worker", "start", "--pool", "crowdforge", "--run-once", timeout=900)
+
+        runs = _api(api_url, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]},
+                                                                 "state": {"type": {"any_": ["COMPLETED", "FAILED",
+                                                                                             "CRASHED"]}}}})
+        assert [r["state_type"] for r in runs] == ["COMPLETED"], runs
+        assert runs[0]["parameters"]["root"] == str(tiny_project)
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tiny_project / 'mlflow.db'}"
+    champion = MlflowClient(tracking_uri=store, registry_uri=store).get_model_version_by_alias("crowdforge", "champion")
+    assert champion.tags["prefect_flow_run_id"] == runs[0]["id"]
