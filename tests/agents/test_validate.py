@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -115,6 +116,24 @@ def test_whole_files_are_copied_into_quarantine_by_hash(hostile) -> None:
     for source, copy in copied.items():
         assert copy == f"data/quarantine/files/{whole.loc[source, 'file_sha256']}"
         assert (paths.root / copy).read_bytes() == (paths.root / source).read_bytes()
+
+
+def test_copies_of_files_no_longer_submitted_are_pruned(tmp_path: Path) -> None:
+    paths = _load_hostile_writer()(tmp_path)
+    ingest.run(Params(), paths)
+    validate.run(Params(), paths)
+    copies = paths.quarantine / "files"
+    garbage = paths.contributions / "garbage.csv"
+    gone = hashlib.sha256(garbage.read_bytes()).hexdigest()
+    assert (copies / gone).is_file()
+    (copies / "README.txt").write_text("reviewer's note")  # not a hash name: never touched
+    garbage.unlink()
+    ingest.run(Params(), paths)
+    validate.run(Params(), paths)
+    q = pd.read_parquet(paths.quarantine / "quarantined.parquet")
+    referenced = {c.split("/")[-1] for c in q["quarantined_copy"].dropna()}
+    assert {f.name for f in copies.iterdir()} == referenced | {"README.txt"}
+    assert gone not in referenced and len(referenced) == 5
 
 
 def test_review_csv_is_neutralised_and_docs_hold_no_personal_data(hostile) -> None:

@@ -316,6 +316,23 @@ def quarantine_file_copy(root: Path, contributions: Path, source: str, file_hash
         return None
 
 
+def prune_quarantine_copies(dest_dir: Path, keep: set[str]) -> list[str]:
+    """Delete the hash-named copies this run no longer refers to; returns their names.
+
+    ``data/quarantine`` is a DVC output, so it must be a function of this run's inputs: a file
+    dropped from (or fixed in) ``contributions/`` must not leave its old copy behind. Only names
+    that are sha256 hex digests are touched; anything else in the folder is left alone.
+    """
+    if not dest_dir.is_dir():
+        return []
+    stale = [f for f in dest_dir.iterdir()
+             if f.name not in keep and len(f.name) == 64 and all(c in "0123456789abcdef" for c in f.name)
+             and f.is_file() and not f.is_symlink()]
+    for f in stale:
+        f.unlink()
+    return sorted(f.name for f in stale)
+
+
 def write_outputs(paths: Paths, reasons: pd.Series, masked_text: pd.Series, copies: dict[int, str]) -> None:
     """Stream ``submissions`` into accepted / quarantined Parquet files and the review CSV.
 
@@ -417,6 +434,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                                     subs.at[i, "file_sha256"], paths.quarantine / "files")
         if copy:
             copies[int(i)] = copy
+    prune_quarantine_copies(paths.quarantine / "files", {Path(c).name for c in copies.values()})
     accepted_mask = (reasons == "").to_numpy()
     masked = frame["masked_text"].where(accepted_mask, None)
     write_outputs(paths, reasons, masked, copies)
