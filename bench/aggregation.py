@@ -218,7 +218,7 @@ def part_confidence() -> pd.DataFrame:
 
 
 def part_calibration_limits(seeds: int = 3) -> dict[str, pd.DataFrame]:
-    """How far recalibration can take the default's confidence (the truth only measures here).
+    r"""How far recalibration can take the default's confidence (the truth only measures here).
 
     ``global``: one fixed map -- temperature ``s`` on the log-posterior and a floor ``e`` mixed in
     uniformly, :math:`(1-e)\,\mathrm{softmax}(\log q/s) + e/K` -- applied to every crowd; the count

@@ -257,7 +257,7 @@ def aggregate(
     labels: Annotated[Path, typer.Option("--labels", help="CSV/TSV/Parquet with one row per label (item, worker, label).")],
     out: Annotated[Path, typer.Option("--out", help="Write item,label,confidence,n_labels,prob_<class>... (CSV or .parquet).")],
     workers_out: Annotated[Path | None, typer.Option("--workers-out", help="Write each worker's reliability and its sd.")] = None,
-    gold: Annotated[Path | None, typer.Option("--gold", help="Known answers (item,label): used as checks that anchor the model.")] = None,
+    gold: Annotated[Path | None, typer.Option("--gold", help="Known answers (item,label): they anchor the model, calibrate the confidence (>= 30 items) and, with >= 20 items, check it by cross-fitting (5 extra fits; reported as a note).")] = None,
     method: Annotated[str, typer.Option("--method", help="auto (default: hierarchical Dawid-Skene) | hierarchical | dawid_skene | one_coin | mace | majority_vote.")] = "auto",
     classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class list; a label outside it is an error. Default: the labels seen.")] = None,
     item_col: Annotated[str, typer.Option("--item-col", help="Item column name.")] = "item",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.local_servers import free_port, mlflow_server, prefect_server
+from pipelines.local_servers import mlflow_server, prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
 

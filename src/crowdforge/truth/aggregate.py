@@ -16,10 +16,14 @@ import numpy as np
 import pandas as pd
 
 from crowdforge.truth import METHODS, MajorityVote
+from crowdforge.truth.calibration import gold_check
 
 
 class AggregateError(ValueError):
     """Bad input for aggregation (a message for a person, not a stack trace)."""
+
+
+GOLD_CHECK_MIN_ITEMS = 20  # fewer gold items say too little about calibration to be worth 5 refits
 
 
 @dataclass
@@ -27,6 +31,7 @@ class AggregateResult:
     items: pd.DataFrame  # item, label, confidence, n_labels, prob_<class>...
     workers: pd.DataFrame  # worker, n_labels, reliability, reliability_sd, note
     notes: list[str] = field(default_factory=list)
+    gold_check: dict[str, float] | None = None  # see gold_check()
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
@@ -150,23 +155,15 @@ def aggregate(labels: pd.DataFrame, method: str = "auto", gold: pd.Series | None
     if dup:
         notes.append(f"{int(dup)} repeated (item, worker) label(s): each counts as a separate vote")
 
-    est_cls = METHODS[method]
-    kwargs: dict[str, Any] = {"classes": cls}
-    if "random_state" in getattr(est_cls, "__dataclass_fields__", {}):
-        kwargs["random_state"] = seed
-    est = est_cls(**kwargs)
-    if est_cls is MajorityVote:
-        est.fit(labels)
-        probas = est.probas_.copy()
-        if gold is not None and len(gold):
-            probas.loc[gold.index] = np.eye(len(cls))[pd.Index(cls).get_indexer(gold.to_numpy())]
+    est = _estimator(method, cls, seed)
+    probas = _fit_probas(est, labels, gold, cls)
+    if isinstance(est, MajorityVote):
         agree = est.skills_ * labels.groupby("worker").size().reindex(est.skills_.index)
         n = labels.groupby("worker").size().reindex(est.skills_.index)
         a, b = 1 + agree, 1 + n - agree
         rel, sd = a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
     else:
-        est.fit(labels, gold=gold)
-        probas, rel, sd, n = est.probas_, est.worker_accuracy_, est.worker_accuracy_sd_, est.worker_n_labels_
+        rel, sd, n = est.worker_accuracy_, est.worker_accuracy_sd_, est.worker_n_labels_
     probas = probas.reindex(columns=cls)
     if "__other__" in probas.columns and probas["__other__"].max() < 0.5:
         probas = probas.drop(columns="__other__")
@@ -204,7 +201,42 @@ def aggregate(labels: pd.DataFrame, method: str = "auto", gold: pd.Series | None
         gc = pd.Series(ok, index=on["worker"].to_numpy()).groupby(level=0).agg(["size", "sum"])
         workers["gold_checks"] = gc["size"].reindex(workers["worker"]).fillna(0).astype("int64").to_numpy()
         workers["gold_passed"] = gc["sum"].reindex(workers["worker"]).fillna(0).astype("int64").to_numpy()
-    return AggregateResult(items, workers, notes)
+    check = None
+    if gold is not None and len(gold) >= GOLD_CHECK_MIN_ITEMS:
+        check = gold_check(lambda g: _fit_probas(_estimator(method, cls, seed), labels, g, cls), gold, cls, seed)
+        notes.append(gold_check_note(check))
+    elif method != "majority_vote":
+        notes.append("no gold: the confidence comes from the labels alone and runs high where workers err "
+                     f"together; give --gold (at least {GOLD_CHECK_MIN_ITEMS} items) to calibrate it and check it")
+    return AggregateResult(items, workers, notes, check)
+
+
+def _estimator(method: str, cls: list[str], seed: int) -> Any:
+    est_cls = METHODS[method]
+    kwargs: dict[str, Any] = {"classes": cls}
+    if "random_state" in getattr(est_cls, "__dataclass_fields__", {}):
+        kwargs["random_state"] = seed
+    return est_cls(**kwargs)
+
+
+def _fit_probas(est: Any, labels: pd.DataFrame, gold: pd.Series | None, cls: list[str]) -> pd.DataFrame:
+    """Fit and return the item posteriors, gold items set to their known answer."""
+    if isinstance(est, MajorityVote):
+        probas = est.fit(labels).probas_.copy()
+        if gold is not None and len(gold):
+            probas.loc[gold.index] = np.eye(len(cls))[pd.Index(cls).get_indexer(gold.to_numpy())]
+        return probas
+    return est.fit(labels, gold=gold).probas_
+
+
+def gold_check_note(check: dict[str, float]) -> str:
+    """One line for a person: the cross-fitted check and what it means."""
+    gap = check["mean_confidence"] - check["accuracy"]
+    verdict = ("over-confident: read the confidence as an upper bound" if gap > 0.05 else
+               "under-confident" if gap < -0.05 else "the confidence matches the accuracy on average")
+    return (f"confidence checked on {check['n']} gold items, hidden {check['folds']} folds in turn: accuracy "
+            f"{check['accuracy']:.3f}, mean confidence {check['mean_confidence']:.3f}, ECE {check['ece']:.3f} "
+            f"({verdict})")
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:

@@ -20,11 +20,15 @@ posterior,
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
+import pandas as pd
 from scipy.optimize import minimize_scalar
 
 from crowdforge.truth.base import row_max, row_sum
 
+GOLD_CHECK_FOLDS = 5
 S_BOUNDS = (1.0, 20.0)  # temper only: the independence assumption over-states evidence, never under-states it
 
 
@@ -83,3 +87,28 @@ def expected_calibration_error(probas: np.ndarray, y: np.ndarray, n_bins: int = 
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
     gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins) - np.bincount(bins, weights=conf, minlength=n_bins))
     return float(gap.sum() / len(y))
+
+
+def gold_check(fit: Callable[[pd.Series], pd.DataFrame], gold: pd.Series, classes: Sequence,
+               seed: int = 0, folds: int = GOLD_CHECK_FOLDS) -> dict[str, float]:
+    """How far the output's confidence can be trusted on *this* crowd, measured on its own gold.
+
+    Cross-fitting: the gold items are split into ``folds``; each fold is hidden in turn while the
+    rest stays gold (``fit(gold) -> task x class posteriors``, so the rest anchors the fit and,
+    when there is enough of it, sets its temperature), and the hidden items' answers and
+    confidences are scored against their known labels. Whether a crowd's confidence is calibrated
+    depends on how often its workers err together, which the labels alone cannot reveal
+    (BENCHMARKS.md, truth inference): this is the check to run before relying on it. Costs
+    ``folds`` fits. Returns n, folds, accuracy, mean_confidence and ece (15 bins: noisy below a
+    few hundred items).
+    """
+    cls = list(classes)
+    fold = np.random.default_rng(seed).permutation(len(gold)) % folds
+    probs, truth = [], []
+    for f in range(folds):
+        hidden = gold[fold == f]
+        probs.append(fit(gold[fold != f]).reindex(index=hidden.index, columns=cls).to_numpy(float))
+        truth.append(pd.Index(cls).get_indexer(hidden.to_numpy()))
+    P, y = np.vstack(probs), np.concatenate(truth)
+    return {"n": len(y), "folds": folds, "accuracy": float((P.argmax(axis=1) == y).mean()),
+            "mean_confidence": float(P.max(axis=1).mean()), "ece": expected_calibration_error(P, y)}
