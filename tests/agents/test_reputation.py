@@ -74,6 +74,11 @@ def test_run_end_to_end(tmp_path):
     assert rep["gold_check_accuracy"] is not None and 0.7 < rep["gold_check_accuracy"] < 1.0
     assert rep["gold_accuracy"] == rep["gold_check_accuracy"]
     assert rep["gold_check_accuracy"] >= rep["majority_vote_gold_check_accuracy"]
+    # the confidence handed to finetune, scored on gold hidden a fifth at a time
+    check = rep["confidence_check"]
+    assert check["n"] == 40 and check["folds"] == 5 and 0.7 < check["accuracy"] <= 1.0
+    assert abs(check["mean_confidence"] - check["accuracy"]) < 0.1
+    assert "Confidence checked on the gold check items" in rep["summary_md"]
     least = [e["contributor_id"] for e in rep["least_trusted"]]
     assert least[:2] == ["adv", "spam"]
     assert "adversary-like" in rep["least_trusted"][0]["why"]

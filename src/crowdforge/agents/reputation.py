@@ -12,7 +12,10 @@ How trust is built (all of it enters one Dawid-Skene fit, :class:`crowdforge.tru
   the same sentence under a new id -- are dropped before anything else.
 * **Gold checks** are known answers: their posteriors are clamped (``gold_weight``), so they anchor
   every confusion matrix. The reported ``gold_check_accuracy`` comes from a second fit *without*
-  the clamp (same priors): clamped items would be trivially right.
+  the clamp (same priors): clamped items would be trivially right. ``confidence_check`` (with at
+  least 20 gold items) hides a fifth of the gold at a time and scores the output's confidence on
+  it (:func:`crowdforge.truth.calibration.gold_check`): whether the confidence handed to finetune
+  can be taken at face value depends on how often this crowd errs together.
 * **Track record (ledger)**: one row per (contributor, data version), where the data version is a
   content hash of the (contributor, item, label) triples this run used. The prior of this run is
   the sum of the expected confusion counts stored for each contributor under *other* data
@@ -47,6 +50,7 @@ from crowdforge.config import Params, ReputationParams
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
 from crowdforge.truth import MACE, DawidSkene, HierarchicalDawidSkene, MajorityVote, OneCoinDawidSkene
+from crowdforge.truth.calibration import GOLD_CHECK_MIN_ITEMS, gold_check
 
 LEDGER_COLUMNS = [
     "contributor_id", "run_id", "data_version", "labels", "gold_checks", "gold_passed",
@@ -332,6 +336,10 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         pred = unclamped.reindex(check_in_crowd.index).idxmax(axis=1)
         gold_acc = float((pred.to_numpy() == check_in_crowd.to_numpy()).mean())
     probas, info = fit_crowd(crowd, classes, rp, check_in_crowd, prior)
+    confidence_check = None
+    if len(check_in_crowd) >= GOLD_CHECK_MIN_ITEMS:
+        confidence_check = gold_check(lambda g: fit_crowd(crowd, classes, rp, g, prior)[0], check_in_crowd,
+                                      classes)
 
     labels = item_table(crowd, probas, classes)
     workers = worker_table(crowd, probas, prior, check_in_crowd, failures, classes, class_prior)
@@ -355,6 +363,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "majority_vote_gold_check_accuracy": mv_gold_acc,
         "majority_vote_agreement": float((labels["label"].to_numpy() == mv_labels).mean()),
         "mean_confidence": float(labels["confidence"].mean()),
+        "confidence_check": confidence_check,
         "label_counts": {c: int((labels["label"] == c).sum()) for c in classes},
         "data_version": version,
         "run_id": run_id,
@@ -368,6 +377,15 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     return write_report(paths, "reputation", metrics, _summary(metrics))
 
 
+def _confidence_line(check: dict[str, Any] | None) -> str:
+    if check is None:
+        return (f"Confidence not checked: fewer than {GOLD_CHECK_MIN_ITEMS} gold check items (it runs high "
+                "where contributors err together).")
+    return (f"Confidence checked on the gold check items, each of {check['folds']} folds hidden in turn: "
+            f"accuracy {check['accuracy']:.3f}, mean confidence {check['mean_confidence']:.3f}, "
+            f"ECE {check['ece']:.3f}.")
+
+
 def _summary(m: dict[str, Any]) -> str:
     ga = "n/a (no gold check items labelled)" if m["gold_check_accuracy"] is None else f"{m['gold_check_accuracy']:.3f}"
     lines = [
@@ -378,6 +396,7 @@ def _summary(m: dict[str, Any]) -> str:
         (f"Accuracy on {m['gold_check_items']} gold check items, inferred without seeing their "
          f"answers: {ga}. Agreement with majority vote: {m['majority_vote_agreement']:.3f}; "
          f"mean confidence {m['mean_confidence']:.3f}."),
+        _confidence_line(m["confidence_check"]),
         (f"History used for {m['contributors_with_history']} contributors; "
          f"{m['contributors_with_validation_failures']} had rows quarantined."),
         "",

@@ -16,14 +16,13 @@ import numpy as np
 import pandas as pd
 
 from crowdforge.truth import METHODS, MajorityVote
-from crowdforge.truth.calibration import gold_check
+from crowdforge.truth.calibration import GOLD_CHECK_MIN_ITEMS, gold_check
 
 
 class AggregateError(ValueError):
     """Bad input for aggregation (a message for a person, not a stack trace)."""
 
 
-GOLD_CHECK_MIN_ITEMS = 20  # fewer gold items say too little about calibration to be worth 5 refits
 
 
 @dataclass

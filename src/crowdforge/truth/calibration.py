@@ -29,6 +29,7 @@ from scipy.optimize import minimize_scalar
 from crowdforge.truth.base import row_max, row_sum
 
 GOLD_CHECK_FOLDS = 5
+GOLD_CHECK_MIN_ITEMS = 20  # fewer gold items say too little about calibration to be worth the refits
 S_BOUNDS = (1.0, 20.0)  # temper only: the independence assumption over-states evidence, never under-states it
 
 
