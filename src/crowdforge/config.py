@@ -65,7 +65,8 @@ class ReputationParams:
 @dataclass(frozen=True)
 class AugmentParams:
     seed: int = 11
-    valid_fraction: float = 0.15
+    valid_fraction: float = 0.15  # crowd items held out for valid when there are too few gold checks
+    min_gold_valid: int = 30  # with this many gold check items, valid holds only them (expert labels)
     thin_ratio: float = 0.9
     max_new_per_item: int = 2
     word_dropout: float = 0.15
@@ -113,9 +114,10 @@ class FinetuneParams:
     refine_rounds: int = 2  # EM rounds refining the soft labels with an out-of-fold text classifier (0 = off)
     refine_folds: int = 5
     members: tuple[MemberParams, ...] = (
-        MemberParams(name="head-a", strategy="head", seed=1, max_epochs=30),
-        MemberParams(name="head-boot", strategy="head", seed=2, bootstrap=True, max_epochs=30),
         MemberParams(name="partial-2", strategy="partial", seed=3, unfreeze_layers=2, max_epochs=3),
+        MemberParams(name="partial-boot", strategy="partial", seed=4, unfreeze_layers=2, max_epochs=3,
+                     bootstrap=True, bootstrap_unit="contributor"),
+        MemberParams(name="partial-bag", strategy="partial", seed=5, unfreeze_layers=2, max_epochs=3, bootstrap=True),
     )
 
 
@@ -127,6 +129,7 @@ class EnsembleParams:
     distill: bool = False  # also distil the ensemble into one student model (models/ensemble/student/)
     distill_strategy: str = "partial"  # the student's transfer strategy: head | partial | full
     distill_epochs: int = 3
+    distill_unlabeled: bool = True  # the student also learns the teacher's labels on the unlabelled corpus
     distill_temperature: float = 2.0  # softens the teacher's probabilities (Hinton et al. 2015)
 
 

@@ -58,7 +58,7 @@ STAGES: dict[str, Stage] = {
         ),
         Stage(
             "augment",
-            deps=("data/processed/labels.parquet",),
+            deps=("data/processed/labels.parquet", "data/interim/gold.parquet"),
             code=(f"{PKG}/agents/augment.py",),
             params=("data", "augment"),
             outs=("data/processed/train_augmented.parquet", "data/processed/valid.parquet",
@@ -83,7 +83,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "ensemble",
             deps=("models/members", "data/processed/valid.parquet", "data/interim/gold.parquet",
-                  "data/processed/train_augmented.parquet"),
+                  "data/processed/train_augmented.parquet", "data/interim/unlabeled.parquet"),
             code=(f"{PKG}/agents/ensemble.py", f"{PKG}/modeling"),
             params=("data", "finetune", "ensemble"),
             outs=("models/ensemble", "reports/test_predictions.parquet", "reports/ensemble.json"),

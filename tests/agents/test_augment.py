@@ -33,10 +33,10 @@ def test_run_split_and_thin_class_growth(tmp_path):
     rep = augment.run(params, paths)
     train, valid = pd.read_parquet(paths.train), pd.read_parquet(paths.valid)
     cols = ["item_id", "text", "label", "confidence", "weight", "prob_negative", "prob_neutral",
-            "prob_positive", "augmented", "source_item_id"]
+            "prob_positive", "augmented", "source_item_id", "gold"]
     assert list(train.columns) == cols and list(valid.columns) == cols
     # valid: real items only, stratified, disjoint from train's sources
-    assert not valid["augmented"].any()
+    assert not valid["augmented"].any() and not valid["gold"].any()  # no gold.parquet: crowd labels only
     assert set(valid["item_id"]).isdisjoint(train["source_item_id"])
     assert rep["valid_counts"] == {"negative": 3, "neutral": 9, "positive": 12}
     assert len(valid) + rep["n_train_items"] == len(labels)
@@ -87,3 +87,49 @@ def test_bad_input():
     tr, va, _ = augment.build_train_valid(make_labels({"negative": 1, "neutral": 10, "positive": 10}),
                                           CLASSES, AugmentParams())
     assert "negative" in set(tr["label"]) and "negative" not in set(va["label"])
+
+
+def gold_frame(labels: pd.DataFrame, n_check: int, flip: bool = True) -> pd.DataFrame:
+    """``n_check`` gold check items among ``labels`` (expert label = the opposite of the crowd's for
+    negative/positive when ``flip``, so the test sees which label was used) + a test row."""
+    check = labels.head(n_check)[["item_id", "text", "label"]].copy()
+    if flip:
+        check["label"] = check["label"].map({"negative": "positive", "positive": "negative", "neutral": "neutral"})
+    test = pd.DataFrame({"item_id": ["t1"], "text": ["held out"], "label": ["neutral"]})
+    return pd.concat([check.assign(split="check"), test.assign(split="test")], ignore_index=True)
+
+
+@pytest.mark.parametrize("n_check", [40, 10])
+def test_gold_checks_go_to_valid_with_their_expert_labels(tmp_path, n_check):
+    """Gold checks are never trained on and carry the expert label; with at least min_gold_valid
+    of them valid is all gold, with fewer a crowd split joins them."""
+    params = parse_params({"augment": {"min_gold_valid": 30}})
+    paths = Paths(tmp_path)
+    labels = make_labels()
+    gold = gold_frame(labels, n_check)
+    io.write_parquet(paths.labels, labels)
+    io.write_parquet(paths.gold, gold)
+    rep = augment.run(params, paths)
+    train, valid = pd.read_parquet(paths.train), pd.read_parquet(paths.valid)
+    checks = gold[gold["split"] == "check"].set_index("item_id")["label"]
+    assert set(checks.index) <= set(valid["item_id"]) and set(checks.index).isdisjoint(train["source_item_id"])
+    g = valid[valid["gold"]].set_index("item_id")
+    assert sorted(g.index) == sorted(checks.index)
+    assert (g["label"] == checks.reindex(g.index)).all() and (g["confidence"] == 1.0).all()
+    for c in CLASSES:
+        assert (g[f"prob_{c}"] == (g["label"] == c).astype(float)).all()
+    assert "t1" not in set(valid["item_id"]) | set(train["item_id"])  # the test split stays out
+    assert rep["n_valid_gold"] == n_check and len(valid) + rep["n_train_items"] == len(labels)
+    if n_check >= 30:
+        assert valid["gold"].all() and rep["valid_source"] == "gold_check"
+    else:
+        assert (~valid["gold"]).sum() > 0 and rep["valid_source"] == "crowd"
+
+
+def test_gold_checks_ignore_other_splits_and_unknown_labels():
+    gold = pd.DataFrame({"item_id": ["a", "b", "c", 4], "text": ["x"] * 4, "label": ["neutral", "angry", "positive", "negative"],
+                         "split": ["check", "check", "test", "check"]})
+    assert augment.gold_checks(gold, CLASSES).to_dict() == {"a": "neutral", "4": "negative"}
+    assert augment.gold_checks(None, CLASSES).empty
+    with pytest.raises(ValueError, match="min_gold_valid"):
+        augment.build_train_valid(make_labels(), CLASSES, AugmentParams(min_gold_valid=0))

@@ -127,6 +127,8 @@ def test_distillation_into_one_student(built, tmp_path: Path) -> None:
     again = ensemble.run(p, other)
     student = again["student"]
     assert student["strategy"] == "partial" and student["epochs_run"] >= 1
+    n_train = len(pd.read_parquet(other.train))
+    assert n_train < student["n_train"] <= n_train + len(pd.read_parquet(other.unlabeled))  # self-training on unlabelled text
     assert "student" in again["comparison"] and again["comparison"]["student"]["test_accuracy"] == student["test_accuracy"]
     assert student["test_accuracy"] > 0.5  # chance is 1/3
     assert again["test_accuracy"] == pytest.approx(report["test_accuracy"])  # the ensemble itself is unchanged
@@ -166,3 +168,41 @@ def test_label_noise_is_the_expected_error_of_the_hard_labels() -> None:
     assert ensemble.label_noise(q, np.array([0, 1, 0])) == pytest.approx(1 - (0.9 + 0.7 + 0.5) / 3)
     assert ensemble.noisy_channel(np.array([[1.0, 0.0]]), 0.2).tolist() == [[0.8, 0.2]]
     assert ensemble.noisy_channel(np.array([[0.7, 0.3]]), 0.0).tolist() == [[0.7, 0.3]]
+
+
+def test_noise_per_row_and_the_calibration_source() -> None:
+    """Gold rows are not flipped by the channel; all-gold valid means a plain fit on true labels."""
+    p = np.array([[1.0, 0.0], [1.0, 0.0]])
+    assert ensemble.noisy_channel(p, np.array([0.0, 0.2])).tolist() == [[1.0, 0.0], [0.8, 0.2]]
+    q = np.array([[0.9, 0.1], [0.6, 0.4], [1.0, 0.0]])
+    y = np.array([0, 0, 0])
+    source, noise = ensemble.valid_noise(q, y, np.array([False, False, True]), noise_aware=True)
+    assert source == "crowd" and noise.tolist() == pytest.approx([0.25, 0.25, 0.0])
+    source, noise = ensemble.valid_noise(q, y, np.array([False, False, True]), noise_aware=False)
+    assert source == "crowd" and not noise.any()
+    source, noise = ensemble.valid_noise(q, y, np.ones(3, dtype=bool), noise_aware=True)
+    assert source == "gold_check" and not noise.any()
+
+
+def test_gold_valid_is_fitted_without_a_noise_channel(built, tmp_path: Path) -> None:
+    params, paths, report = built
+    assert report["calibration_source"] == "crowd" and report["valid_label_noise"] > 0  # toy valid: crowd labels
+    assert report["n_valid_gold"] == 0
+    gold_root, plain_root = Paths(tmp_path / "gold"), Paths(tmp_path / "plain")
+    for root in (gold_root, plain_root):
+        shutil.copytree(paths.root, root.root)
+    valid = pd.read_parquet(gold_root.valid)
+    io.write_parquet(gold_root.valid, valid.assign(gold=True))
+    on_gold = ensemble.run(params, gold_root)
+    plain = ensemble.run(tiny_params(Path(params.pretrain.backbone), noise_aware=False), plain_root)
+    assert on_gold["calibration_source"] == "gold_check" and on_gold["valid_label_noise"] == 0
+    assert on_gold["n_valid_gold"] == len(valid)
+    for name, m in on_gold["members"].items():
+        assert m["temperature"] == pytest.approx(plain["members"][name]["temperature"])
+    assert "gold check items with their expert labels" in gold_root.report("ensemble").with_suffix(".md").read_text()
+
+
+def test_student_corpus_adds_unlabelled_text_but_never_held_out_text() -> None:
+    corpus = ensemble.student_corpus(["a good film", "dull"], ["A  good film", "new text", "the test item", ""],
+                                     held_out=["The test item", "dull"])
+    assert corpus == ["a good film", "new text"]

@@ -18,8 +18,9 @@ optional bootstrap resampling (bagging, Breiman 1996) with one of two units:
 Label refinement (``refine_rounds``, default 2): before any member trains, the soft labels are
 combined with an out-of-fold logistic regression on the frozen encoder's cached embeddings,
 ``r ∝ p(c | x) q(c) / prior(c)`` (Raykar et al. 2010; see ``crowdforge.modeling.refine``), and
-example weights follow the refined confidence. Valid labels are left as the crowd gave them (the
-ensemble calibrates against them through a noise channel).
+example weights follow the refined confidence. Valid labels are never refined: they are the gold
+check items' expert labels, or (with too few of those) crowd labels that the ensemble fits through
+a noise channel.
 
 ``finetune.strategy`` (``null`` by default) forces one strategy on every member, so
 ``dvc exp run -S finetune.strategy=full`` is a one-key experiment; members keep their names.

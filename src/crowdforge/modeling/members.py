@@ -42,6 +42,12 @@ def load_split(path: Path, classes: Sequence[str]) -> tuple[list[str], np.ndarra
     return df["text"].astype(str).tolist(), q, w, y
 
 
+def valid_gold_mask(path: Path) -> np.ndarray:
+    """Which rows of a split carry an expert (gold check) label; all False without a ``gold`` column."""
+    df = pd.read_parquet(path)
+    return df["gold"].fillna(False).to_numpy(dtype=bool) if "gold" in df else np.zeros(len(df), dtype=bool)
+
+
 def encoder_source(paths: Paths, params: Params) -> tuple[str, dict[str, Any]]:
     """The encoder members start from: models/pretrained/ when pretrain ran, else the base backbone."""
     if (paths.pretrained / "config.json").exists():
