@@ -145,12 +145,13 @@ def test_finished_members_are_skipped_and_changed_ones_retrained(tiny_backbone: 
     assert not changed["members"]["h"]["skipped"]
 
 
-def test_partial_member_resumes_after_a_crash_mid_training(tiny_backbone: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("elr_weight", [0.0, 3.0])  # with ELR, each example's running target is resumed too
+def test_partial_member_resumes_after_a_crash_mid_training(tiny_backbone: Path, tmp_path: Path, elr_weight: float) -> None:
     import numpy as np
     from safetensors.numpy import load_file
 
     members = [{"name": "p", "strategy": "partial", "seed": 1, "unfreeze_layers": 1, "max_epochs": 3}]
-    params = tiny_params(tiny_backbone, members=members, patience=5)
+    params = tiny_params(tiny_backbone, members=members, patience=5, elr_weight=elr_weight)
     roots = []
     for sub in ("straight", "crashed"):
         paths = Paths(tmp_path / sub)

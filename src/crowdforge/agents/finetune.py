@@ -174,7 +174,8 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     seed = ft.seed * 1000 + m.seed
     set_seed(seed)  # dropout; shuffling, bootstrap and head init use their own generators
     cfg = FitConfig(batch_size=ft.batch_size, max_epochs=m.max_epochs or ft.max_epochs,
-                    patience=ft.patience, lr_head=ft.lr_head, lr_backbone=ft.lr_backbone, seed=seed)
+                    patience=ft.patience, lr_head=ft.lr_head, lr_backbone=ft.lr_backbone, seed=seed,
+                    elr_weight=ft.elr_weight)
 
     texts, q, w, _ = load_split(paths.train, classes)
     v_texts, v_q, _, v_y = load_split(paths.valid, classes)

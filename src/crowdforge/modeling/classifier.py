@@ -251,6 +251,8 @@ class FitConfig:
     seed: int = 0
     temperature: float = 1.0  # the loss sees logits / temperature (distillation, Hinton et al. 2015)
     length_grouped: bool = True  # text strategies: batches of similar length (less padding)
+    elr_weight: float = 0.0  # early-learning regularisation (Liu et al. 2020); 0 = off
+    elr_beta: float = 0.7  # EMA factor of each example's target in ELR
 
 
 @dataclass
@@ -264,6 +266,23 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # time in optimisation steps only (no validation, no caching)
     resumed_from_epoch: int = 0
+
+
+def elr_penalty(logits: torch.Tensor, ema: torch.Tensor, idx: torch.Tensor, beta: float,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Early-learning regularisation (Liu et al. 2020, "Early-Learning Regularization Prevents
+    Memorization of Noisy Labels"): ``log(1 - <p_i, t_i>)`` with ``t_i`` the running average of the
+    model's own predictions for example ``i`` (updated in place in ``ema``). Networks fit the clean
+    labels first; the term keeps later epochs from pulling predictions away from what was learned
+    early, i.e. from memorising the wrong labels."""
+    p = torch.softmax(logits, dim=-1).clamp(1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        pd_ = p.detach()
+        ema[idx] = beta * ema[idx] + (1 - beta) * pd_ / pd_.sum(-1, keepdim=True)
+    per_example = torch.log((1 - (ema[idx] * p).sum(-1)).clamp(min=1e-6))
+    if weights is None:
+        return per_example.mean()
+    return (per_example * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
 def _valid_metrics(logits: np.ndarray, y_valid: np.ndarray, q_valid: np.ndarray) -> tuple[float, float]:
@@ -392,10 +411,14 @@ def fit_head(
     X, Q, W = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (x_train, q_train, w_train))
     Xv = torch.from_numpy(np.asarray(x_valid, dtype=np.float32))
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr_head, weight_decay=0.01)
+    ema = torch.zeros_like(Q)  # ELR targets
 
     def step(idx: np.ndarray) -> None:
         t = torch.from_numpy(idx)
-        loss = soft_cross_entropy(head(X[t]) / cfg.temperature, Q[t], W[t])
+        logits = head(X[t])
+        loss = soft_cross_entropy(logits / cfg.temperature, Q[t], W[t])
+        if cfg.elr_weight > 0:
+            loss = loss + cfg.elr_weight * elr_penalty(logits, ema, t, cfg.elr_beta, W[t])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -437,6 +460,7 @@ def fit_classifier(
     """
     texts = list(texts)
     Q, W = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (q_train, w_train))
+    ema = torch.zeros_like(Q)  # ELR targets
     head_params = list(model.head.parameters())
     enc_params = [p for p in model.encoder.parameters() if p.requires_grad]
     groups = [{"params": head_params, "lr": cfg.lr_head}]
@@ -471,6 +495,8 @@ def fit_classifier(
             logits = model(input_ids, mask)
         t = torch.from_numpy(idx)
         loss = soft_cross_entropy(logits / cfg.temperature, Q[t], W[t])
+        if cfg.elr_weight > 0:
+            loss = loss + cfg.elr_weight * elr_penalty(logits, ema, t, cfg.elr_beta, W[t])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -501,9 +527,11 @@ def fit_classifier(
         def set_state(state: dict[str, Any]) -> None:
             restore(state["params"])
             opt.load_state_dict(state["opt"])
+            if "elr_targets" in state:
+                ema.copy_(state["elr_targets"])
 
         ckpt = EpochCheckpoint(Path(checkpoint_path), checkpoint_key,
-                               get_state=lambda: {"params": snapshot(), "opt": opt.state_dict()},
+                               get_state=lambda: {"params": snapshot(), "opt": opt.state_dict(), "elr_targets": ema.clone()},
                                set_state=set_state)
     result = _early_stopping(len(texts), cfg, step, evaluate, snapshot, restore,
                              lengths=lengths, checkpoint=ckpt, on_epoch=on_epoch)
