@@ -22,6 +22,14 @@ example weights follow the refined confidence. Valid labels are never refined: t
 check items' expert labels, or (with too few of those) crowd labels that the ensemble fits through
 a noise channel.
 
+Early-learning regularisation (``elr_weight``, Liu et al. 2020, "Early-Learning Regularization
+Prevents Memorization of Noisy Labels", NeurIPS): the refined labels are still wrong on about one
+item in seven (SST-2 benchmark), and a member's validation accuracy peaked after its first epoch
+as it began to memorise them. The loss adds ``elr_weight * log(1 - <p_i, t_i>)``, ``t_i`` the
+running average of the member's own predictions for item ``i``, which holds later epochs to what
+was learnt early. On the SST-2 benchmark (one seed) it lifted the ensemble from 81.5 % to 82.2 % with
+the paper's λ = 3 (the default), 82.5 % with 8 and fell to 81.2 % with 15.
+
 ``finetune.strategy`` (``null`` by default) forces one strategy on every member, so
 ``dvc exp run -S finetune.strategy=full`` is a one-key experiment; members keep their names.
 
