@@ -527,7 +527,9 @@ def build_notes(args: dict[str, Any], res: dict[str, Any] | None = None) -> list
             "Earlier runs of the same command: before label refinement and noise-aware calibration, (c) 79.1 % and ECE "
             "0.165 on SST-2 (temperatures fitted to crowd labels read the label noise as under-confidence); with members "
             "head-a, head-boot, partial-2 calibrated on crowd labels through the noise channel (2026-11-22 03:11), "
-            "80.5 % / ECE 0.046 on SST-2 and 78.5 % / 0.112 on weather."
+            "80.5 % / ECE 0.046 on SST-2 and 78.5 % / 0.112 on weather; the three partial members before early-learning "
+            "regularisation (2026-11-22 05:33, one seed): 81.5 % / 0.022 on SST-2 ((a) 83.8 %), 80.1 % / 0.080 on weather "
+            "((a) 80.1 %)."
         ),
         (
             "Ablations on the same SST-2 data (seeded, one run each, (c)'s finetune + ensemble only): the old members "
