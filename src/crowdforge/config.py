@@ -113,7 +113,7 @@ class FinetuneParams:
     checkpoint: bool = True  # partial/full: save a resumable checkpoint after every epoch
     refine_rounds: int = 2  # EM rounds refining the soft labels with an out-of-fold text classifier (0 = off)
     refine_folds: int = 5
-    elr_weight: float = 3.0  # early-learning regularisation against memorising wrong labels (0 = off)
+    elr_weight: float = 3.0  # partial/full members: early-learning regularisation against memorising wrong labels (0 = off)
     members: tuple[MemberParams, ...] = (
         MemberParams(name="partial-2", strategy="partial", seed=3, unfreeze_layers=2, max_epochs=3),
         MemberParams(name="partial-boot", strategy="partial", seed=4, unfreeze_layers=2, max_epochs=3,
