@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -234,8 +235,6 @@ def mean_test_confidence(root: Path) -> float:
 def compare(name: str, prep: Any, work: Path, threads: int, train_seeds: int = 1) -> dict[str, Any]:
     """Run (c), then (b) and (a) on copies of (c)'s ingested/validated blackboard; with
     ``train_seeds`` > 1, again with other training seeds (``other_training_seeds``)."""
-    import shutil
-
     import pandas as pd
 
     from crowdforge.truth.majority_vote import MajorityVote
@@ -270,20 +269,23 @@ def compare(name: str, prep: Any, work: Path, threads: int, train_seeds: int = 1
     }
     for key, labels_map in (("naive", mv_labels), ("gold", truth)):
         log(f"{name}: ({'b' if key == 'naive' else 'a'}) {key}")
-        root = work / f"{name}-{key}"
-        (root / "data").mkdir(parents=True)
-        shutil.copytree(root_c / "data" / "interim", root / "data" / "interim")
-        result[key] = single_member(params, root, labels_map, key)
+        result[key] = single_member(params, fresh_copy(root_c, work / f"{name}-{key}"), labels_map, key)
     if train_seeds > 1:
         result["seeds"] = other_training_seeds(name, params, root_c, work, {"naive": mv_labels, "gold": truth}, train_seeds)
     return result
+
+
+def fresh_copy(root_c: Path, root: Path) -> Path:
+    """A new project folder holding only (c)'s ingested and validated rows (data/interim)."""
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(root_c / "data" / "interim", root / "data" / "interim")
+    return root
 
 
 def other_training_seeds(name: str, params: Any, root_c: Path, work: Path, labels: dict[str, dict[str, str]],
                          n: int) -> dict[str, Any]:
     """The same crowd, labels and pretrained encoder; ``finetune.seed`` + 1 .. + n-1 for (a), (b) and
     (c)'s finetune + ensemble: how much of a gap is training noise (init, shuffles, dropout)."""
-    import shutil
     from dataclasses import replace
 
     base = params.finetune.seed
@@ -295,10 +297,7 @@ def other_training_seeds(name: str, params: Any, root_c: Path, work: Path, label
         shutil.copytree(root_c, root, ignore=shutil.ignore_patterns("members", "ensemble", "checkpoints"))
         out["crowdforge"].append(run_agents(p, root, ["finetune", "ensemble"])["ensemble"]["report"]["test_accuracy"])
         for key, labels_map in labels.items():
-            root = work / f"{name}-{key}-seed{k}"
-            (root / "data").mkdir(parents=True)
-            shutil.copytree(root_c / "data" / "interim", root / "data" / "interim")
-            out[key].append(single_member(p, root, labels_map, key)["test_accuracy"])
+            out[key].append(single_member(p, fresh_copy(root_c, work / f"{name}-{key}-seed{k}"), labels_map, key)["test_accuracy"])
     return out
 
 
