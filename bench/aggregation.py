@@ -279,7 +279,7 @@ def part_track_record(n_seeds: int = 3) -> pd.DataFrame:
         truth = r2.truth[r2.truth.index.isin(set(r2.labels["task"]))]
         fresh = HierarchicalDawidSkene(classes=classes).fit(r2.labels)
         hist = HierarchicalDawidSkene(classes=classes).fit(r2.labels, worker_prior=wp)
-        acc = lambda e: float((e.labels_.reindex(truth.index) == truth).mean())  # noqa: E731
+        acc = lambda e: float((e.labels_.reindex(truth.index) == truth).mean())
         from crowdforge.truth import MajorityVote
 
         rows.append({"seed": seed, "round2_labels": len(r2.labels), "round2_items": len(truth),
@@ -469,7 +469,7 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
 def write_section(text: str, path: Path = PROJECT / "BENCHMARKS.md") -> None:
     """Replace the body of the '## Truth inference' section only."""
     doc = path.read_text()
-    pat = re.compile(r"(## Truth inference[^\n]*\n)(.*?)(?=\n## |\Z)", re.S)
+    pat = re.compile(r"(## Truth inference[^\n]*\n)(.*?)(?=\n## |\Z)", re.DOTALL)
     if not pat.search(doc):
         raise SystemExit(f"{path}: no '## Truth inference' section")
     doc = pat.sub(lambda m: m.group(1) + text.rstrip() + "\n", doc, count=1)

@@ -8,10 +8,10 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-import yaml  # noqa: E402
+import pytest
+import yaml
 
-from crowdforge.runtime import configure_environment  # noqa: E402
+from crowdforge.runtime import configure_environment
 
 configure_environment()
 

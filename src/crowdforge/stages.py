@@ -112,7 +112,7 @@ STAGES: dict[str, Stage] = {
 AGENTS = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register")
 
 
-def _hash_path(h: "hashlib._Hash", root: Path, rel: str) -> None:
+def _hash_path(h: hashlib._Hash, root: Path, rel: str) -> None:
     """Feed a file or a directory tree (sorted, hidden/temporary entries skipped) into ``h``."""
     path = root / rel
     h.update(rel.encode())

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pandas as pd
+from test_dawid_skene import make_crowd
 
 from crowdforge.truth.aggregate import GOLD_CHECK_MIN_ITEMS, aggregate
-from test_dawid_skene import make_crowd
 
 
 def with_traps(df: pd.DataFrame, truth: pd.Series, share: float, seed: int = 0) -> pd.DataFrame:

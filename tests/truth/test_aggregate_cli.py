@@ -2,10 +2,10 @@
 
 import pandas as pd
 import pytest
+from test_dawid_skene import make_crowd
 from typer.testing import CliRunner
 
 from crowdforge.cli import app
-from test_dawid_skene import make_crowd
 
 runner = CliRunner()
 

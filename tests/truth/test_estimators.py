@@ -3,11 +3,10 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from crowdforge.truth import METHODS, MACE, HierarchicalDawidSkene, MajorityVote, OneCoinDawidSkene
-from crowdforge.truth.calibration import expected_calibration_error, fit_temperature_gold
-
 from test_dawid_skene import K, acc, make_crowd
+
+from crowdforge.truth import MACE, METHODS, HierarchicalDawidSkene, MajorityVote, OneCoinDawidSkene
+from crowdforge.truth.calibration import expected_calibration_error, fit_temperature_gold
 
 
 @pytest.mark.parametrize("cls", [OneCoinDawidSkene, MACE, HierarchicalDawidSkene])

@@ -78,7 +78,6 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
 
     from crowdforge.registry.lineage import data_versions, git_state, md5_path, raw_dvc_md5
     from crowdforge.registry.tracking import connect
-
     from crowdforge.reporting import build_report
 
     report_html = build_report(paths, params)  # rebuilt even when the version is reused; logged with reports/

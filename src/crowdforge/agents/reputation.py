@@ -49,7 +49,13 @@ from crowdforge import io
 from crowdforge.config import Params, ReputationParams
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
-from crowdforge.truth import MACE, DawidSkene, HierarchicalDawidSkene, MajorityVote, OneCoinDawidSkene
+from crowdforge.truth import (
+    MACE,
+    DawidSkene,
+    HierarchicalDawidSkene,
+    MajorityVote,
+    OneCoinDawidSkene,
+)
 from crowdforge.truth.calibration import GOLD_CHECK_MIN_ITEMS, gold_check
 
 LEDGER_COLUMNS = [

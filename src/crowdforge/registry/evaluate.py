@@ -17,4 +17,4 @@ def score(model_uri: str, test: pd.DataFrame) -> dict[str, Any]:
     pred = model.predict(pd.DataFrame({"text": test["text"].astype(str)}))
     y, p = test["label"].astype(str).to_numpy(), np.asarray(pred["label"]).astype(str)
     return {"accuracy": float(accuracy_score(y, p)), "macro_f1": float(f1_score(y, p, average="macro")),
-            "n": int(len(test))}
+            "n": len(test)}

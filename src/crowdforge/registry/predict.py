@@ -34,7 +34,7 @@ def predict_texts(params: Params, paths: Paths, texts: list[str], model_uri: str
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from crowdforge.registry.tracking import connect, champion_uri
+    from crowdforge.registry.tracking import champion_uri, connect
 
     connect(params, paths)
     uri = model_uri or champion_uri(params)

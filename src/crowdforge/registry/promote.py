@@ -11,7 +11,7 @@ machine and the alias is re-read after it moves, so two concurrent gates cannot 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from crowdforge.config import Params
@@ -47,7 +47,7 @@ def comparable(challenger_hash: str, champion_hash: str | None, current_hash: st
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _alias(client: Any, name: str, alias: str) -> Any | None:

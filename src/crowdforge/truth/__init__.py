@@ -20,4 +20,4 @@ METHODS = {
     "majority_vote": MajorityVote,
 }
 
-__all__ = ["METHODS", "DawidSkene", "HierarchicalDawidSkene", "MACE", "MajorityVote", "OneCoinDawidSkene"]
+__all__ = ["MACE", "METHODS", "DawidSkene", "HierarchicalDawidSkene", "MajorityVote", "OneCoinDawidSkene"]
