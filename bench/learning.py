@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import mean, stdev
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -366,12 +367,13 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {label} | {fmt_pct(v['test_accuracy'])} | {fmt_pct(v['test_macro_f1'])} | "
                          f"{v['test_ece']:.3f} | {v['seconds']:.0f} |")
         if r.get("seeds"):
-            sd = r["seeds"]
-            lines += ["", f"Over {len(sd['finetune_seeds'])} training seeds (finetune.seed "
-                      + ", ".join(map(str, sd["finetune_seeds"])) + "; same crowd, labels and encoder): " + "; ".join(
-                          f"{label} {fmt_pct(mean(v))} ± {100 * std(v):.1f} (" + ", ".join(fmt_pct(x) for x in v) + ")"
-                          for label, v in ((k, seed_accuracies(r, key)) for key, k in (("gold", "(a)"), ("naive", "(b)"),
-                                                                                      ("crowdforge", "(c)")))) + " %."]
+            seeds = ", ".join(map(str, r["seeds"]["finetune_seeds"]))
+            spread = []
+            for key, label in (("gold", "(a)"), ("naive", "(b)"), ("crowdforge", "(c)")):
+                v = seed_accuracies(r, key)
+                spread.append(f"{label} {fmt_pct(mean(v))} ± {100 * std(v):.1f} (" + ", ".join(map(fmt_pct, v)) + ")")
+            lines += ["", f"Over {len(r['seeds']['finetune_seeds'])} training seeds (finetune.seed {seeds}; same crowd, "
+                      f"labels and encoder): " + "; ".join(spread) + " %."]
         c = r["crowdforge"]
         lines += ["", "crowdforge ensemble schemes (test accuracy % / ECE): " + ", ".join(
             f"{k} {fmt_pct(v['test_accuracy'])} / {v['test_ece']:.3f}" for k, v in c["comparison"].items())
@@ -426,13 +428,9 @@ def seed_accuracies(r: dict[str, Any], key: str) -> list[float]:
     return [r[key]["test_accuracy"]] + list((r.get("seeds") or {}).get(key, []))
 
 
-def mean(v: list[float]) -> float:
-    return sum(v) / len(v)
-
-
 def std(v: list[float]) -> float:
     """Sample standard deviation (0 for one value)."""
-    return (sum((x - mean(v)) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+    return stdev(v) if len(v) > 1 else 0.0
 
 
 def goals(res: dict[str, Any]) -> list[str]:
