@@ -46,6 +46,7 @@ def test_report_fields(built) -> None:
     for key in ("test_accuracy", "test_macro_f1", "test_ece", "test_n", "test_set_hash", "valid_accuracy"):
         assert key in report
     assert report["test_n"] == 50 and 0 <= report["test_ece"] <= 1
+    assert 0 < report["test_ece_floor"] < 1 and 0 <= report["test_ece_p_value"] <= 1
     assert set(report["comparison"]) == {"weighted", "average", "majority_vote"}
     assert report["test_accuracy"] > 0.5  # chance is 1/3
     assert io.read_json(paths.report("ensemble"))["test_set_hash"] == report["test_set_hash"]
@@ -117,6 +118,25 @@ def test_pure_helpers() -> None:
     assert w.sum() == pytest.approx(1) and w[0] > w[1]
     assert ensemble.expected_calibration_error(np.eye(3)[y], y) == pytest.approx(0)
     assert ensemble.majority_vote([np.eye(3)[[0]], np.eye(3)[[0]], np.eye(3)[[2]]]).argmax() == 0
+
+
+def test_ece_sampling_floor_matches_resampled_ece_and_flags_miscalibration() -> None:
+    rng = np.random.default_rng(3)
+    conf = rng.uniform(0.5, 1.0, 300)
+    probs = np.c_[conf, 1 - conf]
+    # the floor is the mean ECE (as expected_calibration_error computes it) of labels drawn from the confidences
+    resampled = [ensemble.expected_calibration_error(probs, (rng.random(300) >= conf).astype(int)) for _ in range(400)]
+    floor = ensemble.ece_sampling_floor(probs, draws=2000)
+    assert floor["mean"] == pytest.approx(np.mean(resampled), rel=0.08)
+    assert floor["p90"] > floor["mean"] > 0.01  # 300 items: far from 0 even when calibrated
+    big = np.repeat(probs, 20, axis=0)
+    assert ensemble.ece_sampling_floor(big)["mean"] < floor["mean"] / 3  # shrinks ~ 1/sqrt(n)
+    calibrated_y = (rng.random(300) >= conf).astype(int)
+    assert ensemble.ece_sampling_floor(probs, ensemble.expected_calibration_error(probs, calibrated_y))["p_value"] > 0.05
+    overconfident = np.c_[np.full(300, 0.99), np.full(300, 0.01)]
+    coin = rng.integers(0, 2, 300)
+    e = ensemble.expected_calibration_error(overconfident, coin)
+    assert ensemble.ece_sampling_floor(overconfident, e)["p_value"] == 0.0
 
 
 def test_distillation_into_one_student(built, tmp_path: Path) -> None:
