@@ -119,7 +119,7 @@ def in_subprocess(name: str, data: str, timeout: float) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     try:
         p = subprocess.run([sys.executable, __file__, "--child", name, data], capture_output=True, text=True,
-                           timeout=timeout, env=env)
+                           timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"> {timeout:.0f} s (stopped)"}
     for line in p.stdout.splitlines():
@@ -166,7 +166,7 @@ def part_gold(fraction: float = 0.05, seed: int = 0) -> pd.DataFrame:
     for crowd in shared_crowds():
         lab, truth = load_shared(crowd)
         rng = np.random.default_rng(seed)
-        gold = truth.iloc[np.sort(rng.choice(len(truth), max(1, int(round(fraction * len(truth)))), replace=False))]
+        gold = truth.iloc[np.sort(rng.choice(len(truth), max(1, round(fraction * len(truth))), replace=False))]
         rest = truth.drop(gold.index)
         out = {"crowd": crowd, "gold_items": len(gold)}
         for tag, g in (("none", None), ("gold", gold)):
@@ -243,7 +243,7 @@ def part_calibration_limits(seeds: int = 3) -> dict[str, pd.DataFrame]:
         for frac in (0.05, 0.10, 0.20):
             for seed in range(seeds):
                 rng = np.random.default_rng(seed)
-                g = truth.iloc[np.sort(rng.choice(len(truth), max(1, int(round(frac * len(truth)))), replace=False))]
+                g = truth.iloc[np.sort(rng.choice(len(truth), max(1, round(frac * len(truth))), replace=False))]
                 rest = truth.drop(g.index)
                 Q = HierarchicalDawidSkene().fit(lab, gold=g).probas_.reindex(rest.index)
                 yr = pd.Index(Q.columns).get_indexer(rest.to_numpy())

@@ -6,7 +6,7 @@ Modes, all on the same ``--n`` SST-2 train sentences, the packaged MiniLM, max l
   model), one epoch, dynamic padding (``DataCollatorWithPadding``), no evaluation, no saving;
 - ``trainer_grouped``: the same with ``train_sampling_strategy="group_by_length"`` (the Trainer's own length grouping);
 - ``full``: crowdforge's ``fit_classifier`` with the ``full`` strategy, one epoch;
-- ``partial_cached`` / ``partial_uncached``: the ``partial`` strategy (top 2 layers), one epoch,
+- ``partial_cached`` / ``partial_uncached``: the ``partial`` strategy (top ``--unfreeze-layers`` layers), one epoch,
   with and without the frozen-lower-layers cache;
 - ``head``: the one-time embedding pass, then five epochs of the linear head on cached embeddings.
 
@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--sst2", required=True)
+    ap.add_argument("--unfreeze-layers", type=int, default=3, help="partial modes: layers trained (the default members': 3)")
     args = ap.parse_args()
 
     from crowdforge.runtime import configure_environment, set_torch_threads
@@ -120,7 +121,7 @@ def main() -> None:
         encoder, tok = load_encoder(backbone)
         model = MeanPoolClassifier(encoder, new_head(encoder.config.hidden_size, 2, 0))
         strategy = "full" if args.mode == "full" else "partial"
-        model.set_strategy(strategy, unfreeze_layers=2)
+        model.set_strategy(strategy, unfreeze_layers=args.unfreeze_layers)
         cfg = FitConfig(batch_size=bs, max_epochs=1, patience=99, lr_head=3e-3, lr_backbone=5e-5)
         r = fit_classifier(model, tok, texts, q, w, v_texts, v_y, np.eye(2)[v_y], max_length, cfg,
                            cache_frozen=args.mode == "partial_cached")

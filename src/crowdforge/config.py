@@ -116,10 +116,10 @@ class FinetuneParams:
     refine_folds: int = 5
     elr_weight: float = 3.0  # partial/full members: early-learning regularisation against memorising wrong labels (0 = off)
     members: tuple[MemberParams, ...] = (
-        MemberParams(name="partial-2", strategy="partial", seed=3, unfreeze_layers=2, max_epochs=3),
-        MemberParams(name="partial-boot", strategy="partial", seed=4, unfreeze_layers=2, max_epochs=3,
+        MemberParams(name="partial-3", strategy="partial", seed=3, unfreeze_layers=3, max_epochs=3),
+        MemberParams(name="partial-3-boot", strategy="partial", seed=4, unfreeze_layers=3, max_epochs=3,
                      bootstrap=True, bootstrap_unit="contributor"),
-        MemberParams(name="partial-bag", strategy="partial", seed=5, unfreeze_layers=2, max_epochs=3, bootstrap=True),
+        MemberParams(name="partial-3b", strategy="partial", seed=5, unfreeze_layers=3, max_epochs=3),
     )
 
 

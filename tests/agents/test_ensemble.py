@@ -120,25 +120,6 @@ def test_pure_helpers() -> None:
     assert ensemble.majority_vote([np.eye(3)[[0]], np.eye(3)[[0]], np.eye(3)[[2]]]).argmax() == 0
 
 
-def test_ece_sampling_floor_matches_resampled_ece_and_flags_miscalibration() -> None:
-    rng = np.random.default_rng(3)
-    conf = rng.uniform(0.5, 1.0, 300)
-    probs = np.c_[conf, 1 - conf]
-    # the floor is the mean ECE (as expected_calibration_error computes it) of labels drawn from the confidences
-    resampled = [ensemble.expected_calibration_error(probs, (rng.random(300) >= conf).astype(int)) for _ in range(400)]
-    floor = ensemble.ece_sampling_floor(probs, draws=2000)
-    assert floor["mean"] == pytest.approx(np.mean(resampled), rel=0.08)
-    assert floor["p90"] > floor["mean"] > 0.01  # 300 items: far from 0 even when calibrated
-    big = np.repeat(probs, 20, axis=0)
-    assert ensemble.ece_sampling_floor(big)["mean"] < floor["mean"] / 3  # shrinks ~ 1/sqrt(n)
-    calibrated_y = (rng.random(300) >= conf).astype(int)
-    assert ensemble.ece_sampling_floor(probs, ensemble.expected_calibration_error(probs, calibrated_y))["p_value"] > 0.05
-    overconfident = np.c_[np.full(300, 0.99), np.full(300, 0.01)]
-    coin = rng.integers(0, 2, 300)
-    e = ensemble.expected_calibration_error(overconfident, coin)
-    assert ensemble.ece_sampling_floor(overconfident, e)["p_value"] == 0.0
-
-
 def test_distillation_into_one_student(built, tmp_path: Path) -> None:
     params, paths, report = built
     other = Paths(tmp_path)

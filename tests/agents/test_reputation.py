@@ -78,6 +78,7 @@ def test_run_end_to_end(tmp_path):
     check = rep["confidence_check"]
     assert check["n"] == 40 and check["folds"] == 5 and 0.7 < check["accuracy"] <= 1.0
     assert abs(check["mean_confidence"] - check["accuracy"]) < 0.1
+    assert 0.01 < check["ece_floor"] < 0.2  # 40 items: a calibrated output still measures a sizeable ECE
     assert "Confidence checked on the gold check items" in rep["summary_md"]
     least = [e["contributor_id"] for e in rep["least_trusted"]]
     assert least[:2] == ["adv", "spam"]

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def sh(*args: str, cwd: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
 

@@ -259,7 +259,7 @@ def worker_table(crowd: pd.DataFrame, probas: pd.DataFrame, prior: dict[str, np.
         a, b = 1.0 + correct, 1.0 + n - correct
         rows.append({
             "contributor_id": str(cid),
-            "labels": int(round(conf.sum())),
+            "labels": round(conf.sum()),
             "gold_checks": int(g_checks.get(cid, 0)),
             "gold_passed": int(g_passed.get(cid, 0)),
             "validation_failures": int(failures.get(cid, 0)),
@@ -389,7 +389,7 @@ def _confidence_line(check: dict[str, Any] | None) -> str:
                 "where contributors err together).")
     return (f"Confidence checked on the gold check items, each of {check['folds']} folds hidden in turn: "
             f"accuracy {check['accuracy']:.3f}, mean confidence {check['mean_confidence']:.3f}, "
-            f"ECE {check['ece']:.3f}.")
+            f"ECE {check['ece']:.3f} (a perfectly calibrated output would show {check['ece_floor']:.3f} on this many items).")
 
 
 def _summary(m: dict[str, Any]) -> str:

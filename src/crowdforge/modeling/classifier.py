@@ -253,7 +253,6 @@ class FitConfig:
     length_grouped: bool = True  # text strategies: batches of similar length (less padding)
     elr_weight: float = 0.0  # early-learning regularisation (Liu et al. 2020); 0 = off
     elr_beta: float = 0.7  # EMA factor of each example's target in ELR
-    weight_ema: float = 0.0  # text strategies: evaluate/keep an exponential moving average of the trainable weights (0 = off)
 
 
 @dataclass
@@ -469,8 +468,6 @@ def fit_classifier(
         groups.append({"params": enc_params, "lr": cfg.lr_backbone})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    shadow = ({n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}
-              if cfg.weight_ema > 0 else None)
     layers = encoder_layers(model.encoder)
     k = model.n_trainable_layers
     use_cache = cache_frozen and model.strategy == "partial" and k < len(layers)
@@ -503,25 +500,9 @@ def fit_classifier(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if shadow is not None:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in shadow:
-                        shadow[n].mul_(cfg.weight_ema).add_(p.detach(), alpha=1 - cfg.weight_ema)
 
     @torch.no_grad()
     def evaluate() -> tuple[float, float]:
-        if shadow is not None:  # evaluate the averaged weights; training continues from the raw ones
-            raw = {n: p.detach().clone() for n, p in model.named_parameters() if n in shadow}
-            restore(shadow)
-            try:
-                return _evaluate()
-            finally:
-                restore(raw)
-        return _evaluate()
-
-    @torch.no_grad()
-    def _evaluate() -> tuple[float, float]:
         model.eval()
         if use_cache:
             z = np.zeros((len(valid_texts), model.head.out_features), dtype=np.float32)
@@ -533,8 +514,6 @@ def fit_classifier(
         return _valid_metrics(z, y_valid, q_valid)
 
     def snapshot() -> dict[str, torch.Tensor]:
-        if shadow is not None:
-            return {n: v.clone() for n, v in shadow.items()}
         return {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}
 
     def restore(state: dict[str, torch.Tensor]) -> None:

@@ -234,8 +234,8 @@ def gold_check_note(check: dict[str, float]) -> str:
     verdict = ("over-confident: read the confidence as an upper bound" if gap > 0.05 else
                "under-confident" if gap < -0.05 else "the confidence matches the accuracy on average")
     return (f"confidence checked on {check['n']} gold items, hidden {check['folds']} folds in turn: accuracy "
-            f"{check['accuracy']:.3f}, mean confidence {check['mean_confidence']:.3f}, ECE {check['ece']:.3f} "
-            f"({verdict})")
+            f"{check['accuracy']:.3f}, mean confidence {check['mean_confidence']:.3f}, ECE {check['ece']:.3f}, "
+            f"{check['ece_floor']:.3f} if perfectly calibrated ({verdict})")
 
 
 def write_table(df: pd.DataFrame, path: Path) -> None:

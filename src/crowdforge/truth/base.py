@@ -75,7 +75,7 @@ def resolve_classes(labels: pd.Series, classes: Sequence[Hashable] | None) -> pd
 def check_data(data: pd.DataFrame) -> pd.DataFrame:
     """Validate the long label table; returns it with only the three columns."""
     if not isinstance(data, pd.DataFrame):
-        raise ValueError(f"expected a pandas DataFrame with columns {REQUIRED_COLUMNS}, got {type(data).__name__}")
+        raise TypeError(f"expected a pandas DataFrame with columns {REQUIRED_COLUMNS}, got {type(data).__name__}")
     missing = [c for c in REQUIRED_COLUMNS if c not in data.columns]
     if missing:
         raise ValueError(f"label table is missing column(s) {missing}; needs {list(REQUIRED_COLUMNS)}")

@@ -90,6 +90,34 @@ def expected_calibration_error(probas: np.ndarray, y: np.ndarray, n_bins: int = 
     return float(gap.sum() / len(y))
 
 
+def ece_sampling_floor(probas: np.ndarray, ece: float | None = None, n_bins: int = 15, draws: int = 2000,
+                       seed: int = 0) -> dict[str, float]:
+    """What ECE a *perfectly calibrated* model with these confidences would show on this many items.
+
+    ECE from a finite test set is biased upward: even if every prediction with confidence ``c`` is
+    right with probability exactly ``c``, the binned accuracies scatter around ``c``. Consistency
+    resampling (Bröcker & Smith 2007, "Increasing the Reliability of Reliability Diagrams") draws
+    each prediction's correctness from its own confidence ``draws`` times and recomputes the ECE.
+    ``mean`` is that floor; ``p_value`` (with ``ece``) is the share of perfectly calibrated draws
+    whose ECE is at least the measured one: a large value means the measured ECE is what sampling
+    alone produces, and the test set is too small to show miscalibration.
+    """
+    conf = np.asarray(probas, dtype=np.float64).max(1)
+    n = len(conf)
+    if n == 0:
+        return {"mean": 0.0, "p90": 0.0, "p_value": 1.0}
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)  # the bins of expected_calibration_error
+    conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
+    rng = np.random.default_rng(seed)
+    # sum_b n_b/n |acc_b - conf_b| = sum_b |hits_b - conf_sum_b| / n; one draw at a time (memory O(n))
+    values = np.array([np.abs(np.bincount(bins, weights=rng.random(n) < conf, minlength=n_bins) - conf_sum).sum() / n
+                       for _ in range(draws)])
+    out = {"mean": float(values.mean()), "p90": float(np.percentile(values, 90))}
+    if ece is not None:
+        out["p_value"] = float((values >= ece - 1e-12).mean())
+    return out
+
+
 def gold_check(fit: Callable[[pd.Series], pd.DataFrame], gold: pd.Series, classes: Sequence,
                seed: int = 0, folds: int = GOLD_CHECK_FOLDS) -> dict[str, float]:
     """How far the output's confidence can be trusted on *this* crowd, measured on its own gold.
@@ -100,8 +128,8 @@ def gold_check(fit: Callable[[pd.Series], pd.DataFrame], gold: pd.Series, classe
     confidences are scored against their known labels. Whether a crowd's confidence is calibrated
     depends on how often its workers err together, which the labels alone cannot reveal
     (BENCHMARKS.md, truth inference): this is the check to run before relying on it. Costs
-    ``folds`` fits. Returns n, folds, accuracy, mean_confidence and ece (15 bins: noisy below a
-    few hundred items).
+    ``folds`` fits. Returns n, folds, accuracy, mean_confidence, ece (15 bins) and ece_floor, the
+    ECE a perfectly calibrated output would show on this many items (``ece_sampling_floor``).
     """
     cls = list(classes)
     fold = np.random.default_rng(seed).permutation(len(gold)) % folds
@@ -111,5 +139,7 @@ def gold_check(fit: Callable[[pd.Series], pd.DataFrame], gold: pd.Series, classe
         probs.append(fit(gold[fold != f]).reindex(index=hidden.index, columns=cls).to_numpy(float))
         truth.append(pd.Index(cls).get_indexer(hidden.to_numpy()))
     P, y = np.vstack(probs), np.concatenate(truth)
+    ece = expected_calibration_error(P, y)
     return {"n": len(y), "folds": folds, "accuracy": float((P.argmax(axis=1) == y).mean()),
-            "mean_confidence": float(P.max(axis=1).mean()), "ece": expected_calibration_error(P, y)}
+            "mean_confidence": float(P.max(axis=1).mean()), "ece": ece,
+            "ece_floor": ece_sampling_floor(P, ece)["mean"]}

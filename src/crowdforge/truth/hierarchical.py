@@ -148,7 +148,7 @@ class HierarchicalDawidSkene:
             L = np.asarray(enc.A @ log_pi.transpose(0, 2, 1).reshape(W * K, K))
             s = 1.0
             if sample is not None:
-                rows, w, l, cnt = sample
+                rows, w, l, _count = sample
                 lpl = log_pi[w, :, l]  # sampled labels x K_true
                 # a (task, worker, label) cell seen c times: hold out one of its c labels
                 s = fit_temperature_heldout(L[rows], lpl, log_p) if len(rows) else 1.0
