@@ -258,7 +258,8 @@ def aggregate(
     out: Annotated[Path, typer.Option("--out", help="Write item,label,confidence,n_labels,prob_<class>... (CSV or .parquet).")],
     workers_out: Annotated[Path | None, typer.Option("--workers-out", help="Write each worker's reliability and its sd.")] = None,
     gold: Annotated[Path | None, typer.Option("--gold", help="Known answers (item,label): they anchor the model, calibrate the confidence (>= 30 items) and, with >= 20 items, check it by cross-fitting (5 extra fits; reported as a note).")] = None,
-    method: Annotated[str, typer.Option("--method", help="auto (default: hierarchical Dawid-Skene) | hierarchical | dawid_skene | one_coin | mace | majority_vote.")] = "auto",
+    method: Annotated[str, typer.Option("--method", help="auto (default: the Dawid-Skene family stacked by held-out label likelihood, chosen per crowd) | dawid_skene | one_coin | mace | majority_vote.")] = "auto",
+    report: Annotated[Path | None, typer.Option("--report", help="Write the chosen model, the evidence for it (held-out likelihood and weight of every candidate), repeated pairs, the gold check and the notes as JSON.")] = None,
     classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class list; a label outside it is an error. Default: the labels seen.")] = None,
     item_col: Annotated[str, typer.Option("--item-col", help="Item column name.")] = "item",
     worker_col: Annotated[str, typer.Option("--worker-col", help="Worker column name.")] = "worker",
@@ -279,6 +280,12 @@ def aggregate(
         write_table(res.items, out)
         if workers_out:
             write_table(res.workers, workers_out)
+        if report:
+            from crowdforge import io
+
+            io.write_json(report, {"labels": str(labels), "n_labels": len(df), "n_items": len(res.items),
+                                   "n_workers": int(res.workers.shape[0]), "model": res.model,
+                                   "gold_check": res.gold_check, "notes": res.notes})
     except (AggregateError, ValueError) as exc:
         _fail(str(exc))
     except OSError as exc:
@@ -287,7 +294,7 @@ def aggregate(
         typer.echo(f"note: {note}", err=True)
     typer.echo(f"aggregated {len(df)} labels from {res.workers.shape[0]} workers into {len(res.items)} items "
                f"with {method}; mean confidence {res.items['confidence'].mean():.3f}; wrote {out}"
-               + (f" and {workers_out}" if workers_out else ""))
+               + (f" and {workers_out}" if workers_out else "") + (f"; report {report}" if report else ""))
 
 
 @app.command()

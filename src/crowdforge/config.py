@@ -52,7 +52,7 @@ class ValidateParams:
 
 @dataclass(frozen=True)
 class ReputationParams:
-    method: str = "hierarchical"
+    method: str = "auto"
     max_iter: int = 100
     tol: float = 1e-6
     smoothing: float = 1.0

@@ -17,6 +17,8 @@ CLASSES = ["negative", "neutral", "positive"]
 def _conf(kind):
     if kind == "good":
         return np.full((3, 3), 0.1) + np.eye(3) * 0.7
+    if kind == "perfect":
+        return np.eye(3)
     if kind == "spammer":
         return np.full((3, 3), 1 / 3)
     if kind == "adversary":  # positive -> negative, negative -> positive
@@ -155,7 +157,7 @@ def test_explain_worker():
     assert reputation.explain_worker(np.eye(3) * 30, CLASSES, prior).startswith("reliable")
 
 
-@pytest.mark.parametrize("method", ["hierarchical", "one_coin", "mace"])
+@pytest.mark.parametrize("method", ["dawid_skene", "one_coin", "mace", "majority_vote"])
 def test_other_estimators_run_the_agent(tmp_path, method):
     params = parse_params({"reputation": {"method": method}})
     paths, truth, _ = make_project(tmp_path, failures={"spam": 5})
@@ -177,3 +179,16 @@ def test_resubmitted_rows_do_not_count_as_validation_failures():
         "old-report": {"rows_quarantined": 2},
     })
     assert got == {"careful": 0, "sloppy": 4, "old-report": 2}
+
+
+def test_one_trusted_annotator_is_taken_at_their_word(tmp_path):
+    """A project with a single careful annotator: the labels are theirs, gold checks all pass."""
+    params = parse_params({})
+    paths, truth, _ = make_project(tmp_path, per_item=1, kinds={"expert": "perfect"})
+    rep = reputation.run(params, paths)
+    labels = pd.read_parquet(paths.labels).set_index("item_id")
+    assert (labels["label"].reindex(truth.index) == truth).all()
+    assert rep["gold_check_accuracy"] == rep["majority_vote_gold_check_accuracy"] == 1.0
+    assert rep["model"]["method"] == "auto" and rep["model"]["chosen"]
+    assert {e["model"] for e in rep["model"]["evidence"]} >= {"majority", "one_coin", "dawid_skene(tau=0)"}
+    assert "held-out label likelihood" in (paths.reports / "reputation.md").read_text()

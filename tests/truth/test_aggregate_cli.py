@@ -53,7 +53,7 @@ def test_aggregate_options_and_soft_cases(tmp_path):
     ("item,worker,label\na,,x\n", (), "empty worker"),
     ("i,w,l\na,b,c\n", (), "missing column(s) 'item'"),
     ("item,worker,label\na,w1,x\n", ("--method", "magic"), "unknown method 'magic'"),
-    ("item,worker,label\na,w1,x\nb,w2,y\n", ("--gold", "GOLD"), "gold label(s) ['q']"),
+    ("item,worker,label\na,w1,x\nb,w2,y\n", ("--classes", "x,y", "--gold", "GOLD"), "gold label(s) ['q']"),
 ])
 def test_bad_input_is_a_clear_error(tmp_path, content, args, message):
     f = tmp_path / "l.csv"

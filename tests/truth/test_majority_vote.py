@@ -11,7 +11,7 @@ def test_votes_ties_and_skills():
     assert mv.labels_["a"] == "x" and mv.probas_.loc["a", "x"] == pytest.approx(2 / 3)
     assert mv.labels_["b"] == "x"  # tie -> first class, deterministically
     assert mv.skills_["w3"] == 0.0
-    weighted = MajorityVote().fit_predict(df, skills=pd.Series({"w2": 3.0}))
+    weighted = MajorityVote(skills=pd.Series({"w2": 3.0})).fit_predict(df)
     assert weighted["b"] == "y"
 
 

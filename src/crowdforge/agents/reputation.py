@@ -5,7 +5,9 @@ hidden checks inside the crowd's work, ``test`` items are the frozen test split)
 ``reports/validate.json`` (quarantined rows per contributor) and the reputation ledger. Writes
 ``data/processed/labels.parquet``, the updated ledger and ``reports/reputation.json``.
 
-How trust is built (all of it enters one Dawid-Skene fit, :class:`crowdforge.truth.DawidSkene`):
+How trust is built (all of it enters one fit of ``reputation.method``, by default ``auto``: the
+Dawid-Skene family stacked by held-out label likelihood, :class:`crowdforge.truth.StackedDawidSkene`;
+the report's ``model`` says which members carry the output and why):
 
 * **The frozen test split is never seen**: accepted rows whose item is a gold ``test`` item -- by
   ``item_id`` *or* by identical (whitespace/case-normalised) text, since a contributor may submit
@@ -49,20 +51,14 @@ from crowdforge import io
 from crowdforge.config import Params, ReputationParams
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
-from crowdforge.truth import (
-    MACE,
-    DawidSkene,
-    HierarchicalDawidSkene,
-    MajorityVote,
-    OneCoinDawidSkene,
-)
+from crowdforge.truth import METHODS, MajorityVote, make_estimator
+from crowdforge.truth.aggregate import model_note, model_report
 from crowdforge.truth.calibration import GOLD_CHECK_MIN_ITEMS, gold_check
 
 LEDGER_COLUMNS = [
     "contributor_id", "run_id", "data_version", "labels", "gold_checks", "gold_passed",
     "validation_failures", "reliability", "reliability_sd", "confusion",
 ]
-METHODS = ("dawid_skene", "hierarchical", "one_coin", "mace", "majority_vote")
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -222,25 +218,14 @@ def item_table(crowd: pd.DataFrame, probas: pd.DataFrame, classes: Sequence[str]
 
 def fit_crowd(crowd: pd.DataFrame, classes: Sequence[str], rp: ReputationParams,
               gold: pd.Series | None, prior: dict[str, np.ndarray]) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Run the configured estimator; returns task posteriors and extra fit info."""
+    """Run the configured estimator; returns task posteriors and what was fitted (``model_report``)."""
     data = crowd.rename(columns={"item_id": "task", "contributor_id": "worker"})[["task", "worker", "label"]]
-    if rp.method == "majority_vote":
-        mv = MajorityVote(classes=classes).fit(data)
-        probas = mv.probas_.copy()
-        if gold is not None and len(gold):
-            g = gold[gold.index.isin(probas.index)]
-            probas.loc[g.index] = rp.gold_weight * np.eye(len(classes))[pd.Index(classes).get_indexer(g)] \
-                + (1 - rp.gold_weight) * probas.loc[g.index].to_numpy()
-        return probas, {"n_iter": 0}
-    if rp.method == "hierarchical":
-        ds = HierarchicalDawidSkene(n_iter=rp.max_iter, tol=rp.tol, smoothing=rp.smoothing,
-                                    gold_weight=rp.gold_weight, classes=classes)
-    else:
-        cls = {"dawid_skene": DawidSkene, "one_coin": OneCoinDawidSkene, "mace": MACE}[rp.method]
-        ds = cls(n_iter=rp.max_iter, tol=rp.tol, smoothing=rp.smoothing, shrinkage=rp.shrinkage,
-                 gold_weight=rp.gold_weight, classes=classes)
-    ds.fit(data, gold=gold, worker_prior=_errors_frame(prior, classes) if prior else None)
-    return ds.probas_, {"n_iter": ds.n_iter_, "loglik": getattr(ds, "loglik_", None)}
+    est = make_estimator(rp.method, classes, n_iter=rp.max_iter, tol=rp.tol, smoothing=rp.smoothing,
+                         shrinkage=rp.shrinkage, gold_weight=rp.gold_weight)
+    est.fit(data, gold=gold, worker_prior=_errors_frame(prior, classes) if prior else None)
+    info = model_report(est, rp.method)
+    info["n_iter"] = int(getattr(est, "n_iter_", 0))
+    return est.probas_, info
 
 
 def worker_table(crowd: pd.DataFrame, probas: pd.DataFrame, prior: dict[str, np.ndarray],
@@ -308,7 +293,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     rp = params.reputation
     classes = list(params.data.classes)
     if rp.method not in METHODS:
-        raise ValueError(f"reputation.method must be one of {METHODS}, got {rp.method!r}")
+        raise ValueError(f"reputation.method must be one of {', '.join(METHODS)}, got {rp.method!r}")
     accepted, gold, failures, ledger = _read_inputs(paths)
     missing = {"contributor_id", "item_id", "text", "label"} - set(accepted.columns)
     if missing:
@@ -377,6 +362,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "contributors_with_validation_failures": int(sum(1 for v in failures.values() if v > 0)),
         "ledger_rows": len(new_ledger),
         "n_iter": int(info["n_iter"]),
+        "model": info,
         "most_trusted": most,
         "least_trusted": least,
     }
@@ -392,6 +378,10 @@ def _confidence_line(check: dict[str, Any] | None) -> str:
             f"ECE {check['ece']:.3f} (a perfectly calibrated output would show {check['ece_floor']:.3f} on this many items).")
 
 
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + "."
+
+
 def _summary(m: dict[str, Any]) -> str:
     ga = "n/a (no gold check items labelled)" if m["gold_check_accuracy"] is None else f"{m['gold_check_accuracy']:.3f}"
     lines = [
@@ -403,6 +393,7 @@ def _summary(m: dict[str, Any]) -> str:
          f"answers: {ga}. Agreement with majority vote: {m['majority_vote_agreement']:.3f}; "
          f"mean confidence {m['mean_confidence']:.3f}."),
         _confidence_line(m["confidence_check"]),
+        _sentence(model_note(m["model"])),
         (f"History used for {m['contributors_with_history']} contributors; "
          f"{m['contributors_with_validation_failures']} had rows quarantined."),
         "",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from crowdforge.truth import METHODS, MajorityVote
+from crowdforge.truth import METHODS, make_estimator
 from crowdforge.truth.calibration import GOLD_CHECK_MIN_ITEMS, gold_check
 
 
@@ -31,6 +31,7 @@ class AggregateResult:
     workers: pd.DataFrame  # worker, n_labels, reliability, reliability_sd, note
     notes: list[str] = field(default_factory=list)
     gold_check: dict[str, float] | None = None  # see gold_check()
+    model: dict[str, Any] = field(default_factory=dict)  # see model_report()
 
 
 def _read_table(path: Path, what: str) -> pd.DataFrame:
@@ -131,7 +132,13 @@ def aggregate(labels: pd.DataFrame, method: str = "auto", gold: pd.Series | None
     if method not in METHODS:
         raise AggregateError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     notes: list[str] = []
-    cls = [str(c) for c in classes] if classes is not None else _natural_order(pd.unique(labels["label"]))
+    seen = set(pd.unique(labels["label"]))
+    if classes is None and gold is not None and len(gold) and set(gold) - seen:
+        only_gold = sorted(set(gold) - seen)
+        notes.append(f"class(es) {only_gold} appear only in the gold: no worker ever gives them, so only gold "
+                     "items get them")
+        seen |= set(only_gold)
+    cls = [str(c) for c in classes] if classes is not None else _natural_order(list(seen))
     if len(cls) < 2:
         # one class seen and none declared: nothing to infer, but a clear answer is possible
         notes.append(f"every label in {source} is {cls[0]!r}: every item gets it with confidence 1 "
@@ -150,19 +157,16 @@ def aggregate(labels: pd.DataFrame, method: str = "auto", gold: pd.Series | None
     if (counts == 1).any():
         notes.append(f"{int((counts == 1).sum())} item(s) have a single label: their answer rests on one "
                      "worker's reliability (lower confidence)")
-    dup = labels.duplicated(["task", "worker"]).sum()
+    dup = int(labels.duplicated(["task", "worker"]).sum())
     if dup:
-        notes.append(f"{int(dup)} repeated (item, worker) label(s): each counts as a separate vote")
+        notes.append(f"{dup} repeated (item, worker) label(s) kept: each counts as a separate vote")
 
-    est = _estimator(method, cls, seed)
-    probas = _fit_probas(est, labels, gold, cls)
-    if isinstance(est, MajorityVote):
-        agree = est.skills_ * labels.groupby("worker").size().reindex(est.skills_.index)
-        n = labels.groupby("worker").size().reindex(est.skills_.index)
-        a, b = 1 + agree, 1 + n - agree
-        rel, sd = a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
-    else:
-        rel, sd, n = est.worker_accuracy_, est.worker_accuracy_sd_, est.worker_n_labels_
+    est = make_estimator(method, cls, random_state=seed)
+    probas = est.fit(labels, gold=gold).probas_
+    rel, sd, n = est.worker_accuracy_, est.worker_accuracy_sd_, est.worker_n_labels_
+    model = model_report(est, method)
+    model["n_repeated_pairs"] = dup
+    notes.append(model_note(model))
     probas = probas.reindex(columns=cls)
     if "__other__" in probas.columns and probas["__other__"].max() < 0.5:
         probas = probas.drop(columns="__other__")
@@ -202,30 +206,38 @@ def aggregate(labels: pd.DataFrame, method: str = "auto", gold: pd.Series | None
         workers["gold_passed"] = gc["sum"].reindex(workers["worker"]).fillna(0).astype("int64").to_numpy()
     check = None
     if gold is not None and len(gold) >= GOLD_CHECK_MIN_ITEMS:
-        check = gold_check(lambda g: _fit_probas(_estimator(method, cls, seed), labels, g, cls), gold, cls, seed)
+        check = gold_check(lambda g: make_estimator(method, cls, random_state=seed).fit(labels, gold=g).probas_,
+                           gold, cls, seed)
         notes.append(gold_check_note(check))
-    elif method != "majority_vote":
+    elif method != "majority_vote":  # majority vote claims no calibration
         notes.append("no gold: the confidence comes from the labels alone and runs high where workers err "
                      f"together; give --gold (at least {GOLD_CHECK_MIN_ITEMS} items) to calibrate it and check it")
-    return AggregateResult(items, workers, notes, check)
+    return AggregateResult(items, workers, notes, check, model)
 
 
-def _estimator(method: str, cls: list[str], seed: int) -> Any:
-    est_cls = METHODS[method]
-    kwargs: dict[str, Any] = {"classes": cls}
-    if "random_state" in getattr(est_cls, "__dataclass_fields__", {}):
-        kwargs["random_state"] = seed
-    return est_cls(**kwargs)
+def model_report(est: Any, method: str) -> dict[str, Any]:
+    """What was fitted and, for ``auto``, the evidence that chose it (JSON-ready)."""
+    out: dict[str, Any] = {"method": method, "estimator": type(est).__name__}
+    evidence = getattr(est, "evidence_", None)
+    if evidence is not None:
+        out["chosen"] = est.chosen_
+        out["evidence"] = [{"model": str(name), **{k: round(float(v), 6) for k, v in row.items()}}
+                           for name, row in evidence.iterrows()]
+        out["selection_labels"] = int(est.n_selection_labels_)
+        out["evidence_is"] = ("mean log predictive density per held-out label (folds of labels hidden in turn); "
+                              "weight = stacking weight of the member in the output")
+    return out
 
 
-def _fit_probas(est: Any, labels: pd.DataFrame, gold: pd.Series | None, cls: list[str]) -> pd.DataFrame:
-    """Fit and return the item posteriors, gold items set to their known answer."""
-    if isinstance(est, MajorityVote):
-        probas = est.fit(labels).probas_.copy()
-        if gold is not None and len(gold):
-            probas.loc[gold.index] = np.eye(len(cls))[pd.Index(cls).get_indexer(gold.to_numpy())]
-        return probas
-    return est.fit(labels, gold=gold).probas_
+def model_note(model: dict[str, Any]) -> str:
+    """One line for a person: the chosen model and its weight among the members."""
+    if "evidence" not in model:
+        return f"model: {model['method']} ({model['estimator']})"
+    used = sorted((e for e in model["evidence"] if e["weight"] > 0), key=lambda e: -e["weight"])
+    mix = ", ".join(f"{e['model']} {e['weight']:.2f}" for e in used)
+    best = max(model["evidence"], key=lambda e: e["heldout_loglik"])
+    return (f"model chosen by held-out label likelihood on {model['selection_labels']} labels: {mix} "
+            f"(best single member {best['model']}, {best['heldout_loglik']:.4f} nats per label)")
 
 
 def gold_check_note(check: dict[str, float]) -> str:

@@ -105,6 +105,24 @@ def encode(data: pd.DataFrame, classes: Sequence[Hashable] | None = None) -> Enc
                    task_idx, worker_idx, label_idx, A)
 
 
+def subset(enc: Encoded, keep: np.ndarray, compact_tasks: bool = False) -> Encoded:
+    """The same crowd with only the label rows where ``keep`` is true (workers and classes keep their codes).
+
+    ``compact_tasks`` drops tasks left without labels and renumbers the rest (a sample of items);
+    otherwise every task keeps its row, with no labels where all of them were dropped (a fold).
+    """
+    t, w, lab = enc.task_idx[keep], enc.worker_idx[keep], enc.label_idx[keep]
+    tasks = enc.tasks
+    if compact_tasks:
+        used = np.unique(t)
+        t = np.searchsorted(used, t)
+        tasks = enc.tasks[used]
+    K = enc.n_classes
+    A = sp.csr_matrix((np.ones(len(t)), (t, w * K + lab)), shape=(len(tasks), enc.n_workers * K))
+    A.sum_duplicates()
+    return Encoded(tasks, enc.workers, enc.classes, t, w, lab, A)
+
+
 def row_max(x: np.ndarray) -> np.ndarray:
     """Row maxima of a (tasks x classes) array.
 

@@ -56,7 +56,7 @@ def fit_temperature_gold(L: np.ndarray, log_p: np.ndarray, y: np.ndarray) -> flo
 
 
 def fit_temperature_heldout(L_rows: np.ndarray, log_pi_label: np.ndarray, log_p: np.ndarray) -> float:
-    """Temperature maximising the held-out predictive likelihood of single labels.
+    """Temperature maximising the (approximate leave-one-out) predictive likelihood of single labels.
 
     Args:
         L_rows: for each sampled label, the likelihood part of its item's posterior (labels x K).
@@ -64,16 +64,26 @@ def fit_temperature_heldout(L_rows: np.ndarray, log_pi_label: np.ndarray, log_p:
             observed class, over true classes ``k`` (labels x K).
         log_p: log class prior.
     """
-    if len(L_rows) == 0:
+    return fit_temperature_predictive(L_rows - log_pi_label, np.exp(log_pi_label), log_p)
+
+
+def fit_temperature_predictive(L_other: np.ndarray, lik: np.ndarray, log_p: np.ndarray) -> float:
+    """Temperature maximising the likelihood of held-out labels.
+
+    ``L_other``: per held-out label, the likelihood part of its item's posterior from the *other*
+    labels (labels x K); ``lik``: :math:`\\pi^{w}_{k\\ell}` of the held-out label over true classes.
+    The temperature stays 1 when the held-out labels say nothing about it (no item has other
+    labels: a single worker, or one label per item), so a flat objective never tempers.
+    """
+    if len(L_other) == 0:
         return 1.0
-    loo = L_rows - log_pi_label
-    lik = np.exp(log_pi_label)
 
     def nll(s: float) -> float:
-        q = tempered(loo, log_p, s)
+        q = tempered(L_other, log_p, s)
         return -float(np.log(np.maximum(row_sum(q * lik), 1e-300)).mean())
 
-    return float(minimize_scalar(nll, bounds=S_BOUNDS, method="bounded", options={"xatol": 1e-3}).x)
+    s = float(minimize_scalar(nll, bounds=S_BOUNDS, method="bounded", options={"xatol": 1e-3}).x)
+    return s if nll(s) < nll(1.0) - 1e-9 else 1.0
 
 
 def expected_calibration_error(probas: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:

@@ -104,3 +104,26 @@ class MACE(DawidSkene):
         super()._store(enc, T, log_pi, log_p, prior_counts, n_iter, loglik)
         self.spam_prob_ = pd.Series(self._theta, index=enc.workers, name="spam_prob")
         self.strategy_ = pd.DataFrame(self._xi, index=enc.workers, columns=enc.classes)
+
+
+@dataclass
+class PooledOneCoin(DawidSkene):
+    r"""Every worker right with one shared probability :math:`a`, wrong evenly: majority vote as a model.
+
+    .. math:: \pi^{w}_{k\ell} = a\,[k=\ell] + \frac{1-a}{K-1}\,[k\neq\ell]\ \text{for every } w
+
+    The posterior is a majority vote sharpened by :math:`a` and the class prior, so it gives the
+    majority answer wherever the prior does not break a tie. Being a likelihood model, it can be
+    scored on held-out labels beside the richer ones, which is how the default decides when a
+    crowd supports no per-worker parameters at all.
+    """
+
+    def _m_step(self, enc: Encoded, T: np.ndarray, prior_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        K = enc.n_classes
+        counts = self._expected_counts(enc, T) + prior_counts
+        a = self.smoothing
+        acc = (float(np.trace(counts, axis1=1, axis2=2).sum()) + a) / (float(counts.sum()) + 2 * a)
+        pi = np.full((enc.n_workers, K, K), (1 - acc) / (K - 1))
+        idx = np.arange(K)
+        pi[:, idx, idx] = acc
+        return np.log(np.maximum(pi, _TINY)), _class_log_prior(T, self.smoothing)

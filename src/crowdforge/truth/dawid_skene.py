@@ -136,7 +136,8 @@ class DawidSkene:
         """
         if init is None:
             votes = vote_counts(enc)
-            init = votes / row_sum(votes)[:, None]
+            tot = row_sum(votes)[:, None]  # 0 for a task whose labels are all held out: start it uniform
+            init = np.divide(votes, tot, out=np.full_like(votes, 1.0 / enc.n_classes), where=tot > 0)
         T = self._clamp(init, gold_rows, gold_onehot)
         prev = -np.inf
         loglik = -np.inf
