@@ -88,8 +88,12 @@ class StackedDawidSkene:
     labels.
 
     **Weights** are the stacking weights of the members' held-out predictive densities
-    (:func:`stacking_weights`), and the output is the weighted mixture of the members' tempered
-    posteriors fitted on all labels. Nothing here is tuned on benchmark crowds: the family is
+    (:func:`stacking_weights`). The output (``output="chosen"``) is the tempered posterior of the
+    member with the largest weight, fitted on all labels; ``"mixture"`` mixes the members'
+    posteriors with the weights instead. Both were compared leave-one-crowd-out in
+    ``bench/aggregation.py``: equal on the real crowds, while on crowds with class-dependent errors
+    the mixture lets a majority-vote member (whose *label* predictions complement the others) drag
+    the *truth* toward majority vote (BENCHMARKS.md). Nothing here is tuned on benchmark crowds: the family is
     fixed, the weights come from each crowd's own labels. On crowds above ``max_selection_labels``
     labels the evidence comes from a random sample of items holding about that many labels (the
     members are then fitted on all labels); that sample gives workers fewer labels than the full
@@ -103,8 +107,8 @@ class StackedDawidSkene:
     members'), ``counts_`` (expected confusion counts from this data under ``probas_``),
     ``worker_accuracy_`` / ``worker_accuracy_sd_`` (Beta posterior from ``counts_`` +
     ``worker_prior``), ``worker_n_labels_``, ``evidence_`` (per member: mean held-out
-    log-likelihood per label, temperature, weight), ``weights_``, ``chosen_`` (the member with the
-    largest weight), ``gold_temperature_``, ``n_selection_labels_``, ``n_iter_``.
+    log-likelihood per label, temperature, stacking weight, weight in the output), ``weights_``,
+    ``chosen_`` (the member with the largest stacking weight), ``gold_temperature_``, ``n_selection_labels_``, ``n_iter_``.
     """
 
     folds: int = 5
@@ -117,7 +121,8 @@ class StackedDawidSkene:
     gold_weight: float = 1.0
     min_gold_for_calibration: int = 30
     candidates: Sequence[str] = tuple(CANDIDATES)
-    stack_tempered: bool = True
+    stack_tempered: bool = True  # stack the tempered members' predictive densities (False: the raw ones)
+    output: str = "chosen"
     random_state: int = 0
     classes: Sequence[Hashable] | None = None
 
@@ -140,6 +145,8 @@ class StackedDawidSkene:
         unknown = [c for c in self.candidates if c not in CANDIDATES]
         if not self.candidates or unknown:
             raise ValueError(f"candidates must be a non-empty subset of {list(CANDIDATES)}, got unknown {unknown}")
+        if self.output not in ("chosen", "mixture"):
+            raise ValueError(f"output must be 'chosen' or 'mixture', got {self.output!r}")
         if self.folds < 2:
             raise ValueError(f"folds must be >= 2, got {self.folds}")
         if self.max_selection_labels < 1 or not 0.0 <= self.min_weight < 1.0:
@@ -160,9 +167,12 @@ class StackedDawidSkene:
         prior_counts = DawidSkene()._prior_array(worker_prior, enc)
         names = list(self.candidates)
         held, temps = self._evidence(enc, names, gold, prior_counts)
-        weights = stacking_weights(held)
-        weights = np.where(weights >= self.min_weight, weights, 0.0)
-        weights /= weights.sum()
+        stacked = stacking_weights(held)
+        if self.output == "chosen":
+            weights = (np.arange(len(stacked)) == stacked.argmax()).astype(float)
+        else:
+            weights = np.where(stacked >= self.min_weight, stacked, 0.0)
+            weights /= weights.sum()
         K, W = enc.n_classes, enc.n_workers
         M = np.zeros((enc.n_tasks, K))
         pi_mean, p_mean, n_iter = np.zeros((W, K, K)), np.zeros(K), 0
@@ -188,10 +198,10 @@ class StackedDawidSkene:
         if len(gold_rows) and self.gold_weight > 0:
             M[gold_rows] = self.gold_weight * gold_onehot + (1 - self.gold_weight) * M[gold_rows]
         self.evidence_ = pd.DataFrame({"heldout_loglik": np.log(np.maximum(held, 1e-300)).mean(axis=0),
-                                       "temperature": temps, "weight": weights},
+                                       "temperature": temps, "stacking_weight": stacked, "weight": weights},
                                       index=pd.Index(names, name="model"))
         self.weights_ = self.evidence_["weight"]
-        self.chosen_ = str(self.weights_.idxmax())
+        self.chosen_ = names[int(stacked.argmax())]
         self.n_iter_ = n_iter
         self._store(enc, M, pi_mean, p_mean, prior_counts)
         return self
