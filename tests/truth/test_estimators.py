@@ -5,7 +5,14 @@ import pandas as pd
 import pytest
 from test_dawid_skene import K, acc, make_crowd
 
-from crowdforge.truth import MACE, METHODS, MajorityVote, OneCoinDawidSkene, StackedDawidSkene, make_estimator
+from crowdforge.truth import (
+    MACE,
+    METHODS,
+    MajorityVote,
+    OneCoinDawidSkene,
+    StackedDawidSkene,
+    make_estimator,
+)
 from crowdforge.truth.calibration import expected_calibration_error, fit_temperature_gold
 
 

@@ -52,6 +52,18 @@ class Encoded:
         return len(self.classes)
 
 
+class FitPredict:
+    """``fit_predict`` and ``fit_predict_proba`` for every estimator (crowd-kit's names)."""
+
+    def fit_predict(self, data: pd.DataFrame, gold: pd.Series | None = None,
+                    worker_prior: pd.DataFrame | None = None) -> pd.Series:
+        return self.fit(data, gold, worker_prior).labels_  # type: ignore[attr-defined]
+
+    def fit_predict_proba(self, data: pd.DataFrame, gold: pd.Series | None = None,
+                          worker_prior: pd.DataFrame | None = None) -> pd.DataFrame:
+        return self.fit(data, gold, worker_prior).probas_  # type: ignore[attr-defined]
+
+
 def resolve_classes(labels: pd.Series, classes: Sequence[Hashable] | None) -> pd.Index:
     """The class list: the one given (checked for unknown labels) or the sorted observed labels."""
     if classes is None:

@@ -10,6 +10,7 @@ import pandas as pd
 
 from crowdforge.truth.base import (
     Encoded,
+    FitPredict,
     col_sum,
     encode,
     gold_matrix,
@@ -23,7 +24,7 @@ _TINY = 1e-300
 
 
 @dataclass
-class DawidSkene:
+class DawidSkene(FitPredict):
     r"""Dawid-Skene EM over per-worker confusion matrices, made robust for small, messy crowds.
 
     **Model** (Dawid & Skene, "Maximum likelihood estimation of observer error-rates using the EM
@@ -152,13 +153,6 @@ class DawidSkene:
         log_pi, log_p = self._m_step(enc, T, prior_counts)
         return T, log_pi, log_p, n_done, loglik
 
-    def fit_predict(self, data: pd.DataFrame, gold: pd.Series | None = None,
-                    worker_prior: pd.DataFrame | None = None) -> pd.Series:
-        return self.fit(data, gold, worker_prior).labels_
-
-    def fit_predict_proba(self, data: pd.DataFrame, gold: pd.Series | None = None,
-                          worker_prior: pd.DataFrame | None = None) -> pd.DataFrame:
-        return self.fit(data, gold, worker_prior).probas_
 
     # ------------------------------------------------------------------ EM
     def _check_params(self) -> None:
@@ -250,7 +244,7 @@ class DawidSkene:
         rows = pd.MultiIndex.from_product([enc.workers, enc.classes], names=["worker", "label"])
         pi = np.exp(log_pi)
         self.errors_ = pd.DataFrame(pi.transpose(0, 2, 1).reshape(W * K, K), index=rows, columns=enc.classes)
-        data_counts = self._expected_counts(enc, T)
+        data_counts = DawidSkene._expected_counts(enc, T)  # also stores StackedDawidSkene fits
         self.counts_ = pd.DataFrame(data_counts.transpose(0, 2, 1).reshape(W * K, K), index=rows,
                                     columns=enc.classes)
         counts = data_counts + prior_counts

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from crowdforge.truth.base import encode, gold_matrix, most_probable, vote_counts
+from crowdforge.truth.base import FitPredict, encode, gold_matrix, most_probable, vote_counts
 from crowdforge.truth.dawid_skene import DawidSkene
 
 
 @dataclass
-class MajorityVote:
+class MajorityVote(FitPredict):
     r"""Majority vote, optionally weighted by per-worker skills.
 
     For task :math:`i` and class :math:`k`,
@@ -90,10 +90,3 @@ class MajorityVote:
         self.worker_n_labels_ = pd.Series(n, index=enc.workers, name="n_labels")
         return self
 
-    def fit_predict(self, data: pd.DataFrame, gold: pd.Series | None = None,
-                    worker_prior: pd.DataFrame | None = None) -> pd.Series:
-        return self.fit(data, gold, worker_prior).labels_
-
-    def fit_predict_proba(self, data: pd.DataFrame, gold: pd.Series | None = None,
-                          worker_prior: pd.DataFrame | None = None) -> pd.DataFrame:
-        return self.fit(data, gold, worker_prior).probas_

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-from crowdforge.truth.base import Encoded, encode, gold_matrix, most_probable, subset
+from crowdforge.truth.base import Encoded, FitPredict, encode, gold_matrix, subset
 from crowdforge.truth.calibration import fit_temperature_gold, fit_temperature_predictive, tempered
 from crowdforge.truth.constrained import MACE, OneCoinDawidSkene, PooledOneCoin
 from crowdforge.truth.dawid_skene import DawidSkene
@@ -66,7 +66,7 @@ def stacking_weights(H: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class StackedDawidSkene:
+class StackedDawidSkene(FitPredict):
     r"""Dawid-Skene models of increasing structure, weighted by how well they predict held-out labels.
 
     **Members.** All share the Dawid-Skene likelihood (Dawid & Skene 1979): task :math:`i` has a
@@ -202,8 +202,8 @@ class StackedDawidSkene:
                                       index=pd.Index(names, name="model"))
         self.weights_ = self.evidence_["weight"]
         self.chosen_ = names[int(stacked.argmax())]
-        self.n_iter_ = n_iter
-        self._store(enc, M, pi_mean, p_mean, prior_counts)
+        DawidSkene._store(self, enc, M, np.log(np.maximum(pi_mean, 1e-300)), np.log(p_mean), prior_counts,  # type: ignore[arg-type]
+                          n_iter, float("nan"))
         return self
 
     def _evidence(self, enc: Encoded, names: list[str], gold: pd.Series | None,
@@ -248,31 +248,3 @@ class StackedDawidSkene:
             q /= q.sum(axis=1, keepdims=True)
             held[:, m] = (q * lik[:, m]).sum(axis=1)
         return held[scored], temps
-
-    def fit_predict(self, data: pd.DataFrame, gold: pd.Series | None = None,
-                    worker_prior: pd.DataFrame | None = None) -> pd.Series:
-        return self.fit(data, gold, worker_prior).labels_
-
-    def fit_predict_proba(self, data: pd.DataFrame, gold: pd.Series | None = None,
-                          worker_prior: pd.DataFrame | None = None) -> pd.DataFrame:
-        return self.fit(data, gold, worker_prior).probas_
-
-    def _store(self, enc: Encoded, M: np.ndarray, pi: np.ndarray, p: np.ndarray, prior_counts: np.ndarray) -> None:
-        K, W = enc.n_classes, enc.n_workers
-        self.probas_ = pd.DataFrame(M, index=enc.tasks, columns=enc.classes)
-        self.probas_.columns.name = "label"
-        self.labels_ = most_probable(self.probas_)
-        self.priors_ = pd.Series(p / p.sum(), index=enc.classes, name="prior")
-        rows = pd.MultiIndex.from_product([enc.workers, enc.classes], names=["worker", "label"])
-        self.errors_ = pd.DataFrame(pi.transpose(0, 2, 1).reshape(W * K, K), index=rows, columns=enc.classes)
-        data_counts = DawidSkene._expected_counts(enc, M)
-        self.counts_ = pd.DataFrame(data_counts.transpose(0, 2, 1).reshape(W * K, K), index=rows,
-                                    columns=enc.classes)
-        counts = data_counts + prior_counts
-        correct = np.trace(counts, axis1=1, axis2=2)
-        a, b = 1.0 + correct, 1.0 + counts.sum(axis=(1, 2)) - correct
-        self.worker_accuracy_ = pd.Series(a / (a + b), index=enc.workers, name="accuracy")
-        self.worker_accuracy_sd_ = pd.Series(np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1.0))), index=enc.workers,
-                                             name="accuracy_sd")
-        self.worker_n_labels_ = pd.Series(np.bincount(enc.worker_idx, minlength=W), index=enc.workers,
-                                          name="n_labels")
