@@ -44,8 +44,9 @@ ui: setup  ## MLflow UI on http://127.0.0.1:5000
 prefect-ui: setup  ## Prefect UI on http://127.0.0.1:4200 (runs of `make run` are in .crowdforge/prefect)
 	prefect server start --host 127.0.0.1 --port 4200
 
-bench-aggregation: setup  ## truth inference vs crowd-kit on the shared crowds and synthetic 1M/10M-label crowds
+bench-aggregation: setup  ## truth inference vs crowd-kit on the shared crowds and synthetic 1M/10M-label crowds; speed
 	python bench/aggregation.py
+	python bench/aggregation_speed.py
 
 bench-ingest: setup  ## ingestion + validation throughput and peak memory on 1M rows
 	python bench/ingest.py

@@ -543,12 +543,12 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
     return "\n".join(out)
 
 
-def write_section(text: str, path: Path = PROJECT / "BENCHMARKS.md") -> None:
-    """Replace the body of the '## Truth inference' section only."""
+def write_section(text: str, path: Path = PROJECT / "BENCHMARKS.md", title: str = "## Truth inference") -> None:
+    """Replace the body of the section whose heading starts with ``title`` (appended when absent)."""
     doc = path.read_text()
-    pat = re.compile(r"(## Truth inference[^\n]*\n)(.*?)(?=\n## |\Z)", re.DOTALL)
+    pat = re.compile(rf"({re.escape(title)}[^\n]*\n)(.*?)(?=\n## |\Z)", re.DOTALL)
     if not pat.search(doc):
-        raise SystemExit(f"{path}: no '## Truth inference' section")
+        doc = doc.rstrip() + f"\n\n{title}\n\n"
     doc = pat.sub(lambda m: m.group(1) + text.rstrip() + "\n", doc, count=1)
     path.write_text(doc)
 

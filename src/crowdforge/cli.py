@@ -257,7 +257,7 @@ def aggregate(
     labels: Annotated[Path, typer.Option("--labels", help="CSV/TSV/Parquet with one row per label (item, worker, label).")],
     out: Annotated[Path, typer.Option("--out", help="Write item,label,confidence,n_labels,prob_<class>... (CSV or .parquet).")],
     workers_out: Annotated[Path | None, typer.Option("--workers-out", help="Write each worker's reliability and its sd.")] = None,
-    gold: Annotated[Path | None, typer.Option("--gold", help="Known answers (item,label): they anchor the model, calibrate the confidence (>= 30 items) and, with >= 20 items, check it by cross-fitting (5 extra fits; reported as a note).")] = None,
+    gold: Annotated[Path | None, typer.Option("--gold", help="Known answers (item,label): they anchor the model, calibrate the confidence (a temperature, kept when cross-validation on the gold says it helps) and, with >= 20 items, check it by cross-fitting (5 extra fits; reported as a note).")] = None,
     method: Annotated[str, typer.Option("--method", help="auto (default: the Dawid-Skene family stacked by held-out label likelihood, chosen per crowd) | dawid_skene | one_coin | mace | majority_vote.")] = "auto",
     report: Annotated[Path | None, typer.Option("--report", help="Write the chosen model, the evidence for it (held-out likelihood and weight of every candidate), repeated pairs, the gold check and the notes as JSON.")] = None,
     classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class list; a label outside it is an error. Default: the labels seen.")] = None,

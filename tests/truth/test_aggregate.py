@@ -30,11 +30,14 @@ def test_gold_check_finds_calibrated_confidence_on_an_independent_crowd():
 def test_gold_check_exposes_errors_the_crowd_makes_together():
     df, truth = make_crowd(n_tasks=600, seed=1)
     df = with_traps(df, truth, share=0.15)
-    # 25 gold items: too few to fit a temperature in any fold, so the labels alone set the
-    # confidence -- "sure" on the traps; the hidden gold shows they are wrong
-    few = aggregate(df, gold=truth.iloc[:25])
+    # dawid_skene fits no temperature: the labels alone set the confidence -- "sure" on the traps;
+    # the hidden gold shows they are wrong
+    few = aggregate(df, method="dawid_skene", gold=truth.iloc[:25])
     assert few.gold_check["mean_confidence"] - few.gold_check["accuracy"] > 0.1
     assert any("over-confident" in n for n in few.notes)
+    # the default tempers on the gold when cross-validation on it says so, even with 25 items
+    tempered = aggregate(df, gold=truth.iloc[:25]).gold_check
+    assert abs(tempered["mean_confidence"] - tempered["accuracy"]) < few.gold_check["mean_confidence"] - few.gold_check["accuracy"]
     # 150 gold items: the gold calibrates the confidence; the check measures how far that went
     gold = truth.iloc[:150]
     check = aggregate(df, gold=gold).gold_check

@@ -18,7 +18,7 @@ import pandas as pd
 from scipy.optimize import minimize
 
 from crowdforge.truth.base import Encoded, FitPredict, encode, gold_matrix, subset
-from crowdforge.truth.calibration import fit_temperature_gold, fit_temperature_predictive, tempered
+from crowdforge.truth.calibration import fit_temperature_predictive, gold_temperature, tempered
 from crowdforge.truth.constrained import MACE, OneCoinDawidSkene, PooledOneCoin
 from crowdforge.truth.dawid_skene import DawidSkene
 
@@ -99,9 +99,10 @@ class StackedDawidSkene(FitPredict):
     members are then fitted on all labels); that sample gives workers fewer labels than the full
     crowd, so it leans toward the simpler members.
 
-    **Known answers** (``gold``) are clamped during every EM; with at least
-    ``min_gold_for_calibration`` of them a final temperature is fitted to them (Guo et al.
-    2017). ``worker_prior`` (confusion pseudo-counts, a track record) enters every member.
+    **Known answers** (``gold``) are clamped during every EM, and a final temperature is fitted to
+    them (Guo et al. 2017) when five-fold cross-validation on the gold shows it raises the
+    held-out likelihood of the known answers (``gold_temperature_gain_``, nats per item;
+    :func:`crowdforge.truth.calibration.gold_temperature`). ``worker_prior`` (confusion pseudo-counts, a track record) enters every member.
 
     Fitted attributes: ``probas_``, ``labels_``, ``errors_`` and ``priors_`` (weighted means of the
     members'), ``counts_`` (expected confusion counts from this data under ``probas_``),
@@ -119,7 +120,6 @@ class StackedDawidSkene(FitPredict):
     tol: float = 1e-6
     smoothing: float = 1.0
     gold_weight: float = 1.0
-    min_gold_for_calibration: int = 30
     candidates: Sequence[str] = tuple(CANDIDATES)
     stack_tempered: bool = True  # stack the tempered members' predictive densities (False: the raw ones)
     output: str = "chosen"
@@ -138,6 +138,7 @@ class StackedDawidSkene(FitPredict):
     weights_: pd.Series = field(init=False, repr=False)
     chosen_: str = field(init=False, repr=False, default="")
     gold_temperature_: float = field(init=False, repr=False, default=1.0)
+    gold_temperature_gain_: float = field(init=False, repr=False, default=0.0)
     n_selection_labels_: int = field(init=False, repr=False, default=0)
     n_iter_: int = field(init=False, repr=False, default=0)
 
@@ -191,9 +192,11 @@ class StackedDawidSkene(FitPredict):
             p_mean += w * np.exp(log_p)
             n_iter += n_done
         self.gold_temperature_ = 1.0
-        if len(gold_rows) >= self.min_gold_for_calibration:
+        self.gold_temperature_gain_ = 0.0
+        if len(gold_rows):
             logM = np.log(np.maximum(M, 1e-300))
-            self.gold_temperature_ = fit_temperature_gold(logM[gold_rows], np.zeros(K), gold_onehot.argmax(axis=1))
+            self.gold_temperature_, self.gold_temperature_gain_ = gold_temperature(
+                logM[gold_rows], gold_onehot.argmax(axis=1), seed=self.random_state)
             M = tempered(logM, np.zeros(K), self.gold_temperature_)
         if len(gold_rows) and self.gold_weight > 0:
             M[gold_rows] = self.gold_weight * gold_onehot + (1 - self.gold_weight) * M[gold_rows]
