@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from aggregation import in_subprocess, synthetic, write_section  # noqa: E402
+from aggregation import in_subprocess, synthetic, write_section
 
 METHODS = ("cf auto", "cf dawid_skene", "ck DawidSkene")
 
@@ -63,13 +63,13 @@ def main() -> None:
                          + (f"{ref / w:.1f}x" if ref else "–") + " | |")
         print("\n".join(lines[-4:]), flush=True)
     load1 = os.getloadavg()
-    text = "\n".join([
-        f"Command: `python bench/aggregation_speed.py` (part of `make bench-aggregation`), "
-        f"{time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} cores, load average {load0[0]:.2f} at the start and "
-        f"{load1[0]:.2f} at the end (the machine is shared: compare the ratios, measured in the same run, "
-        "not the seconds). Each fit in its own process with one BLAS thread; peak RSS includes generating the "
-        "crowd. Synthetic crowds of bench/synthetic_crowd.py (4 classes, 200,000 items and 2,000 workers per "
-        "million labels).", "", *lines])
+    header = (f"Command: `python bench/aggregation_speed.py` (part of `make bench-aggregation`), "
+              f"{time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} cores, load average {load0[0]:.2f} at the start "
+              f"and {load1[0]:.2f} at the end (the machine is shared: compare the ratios, measured in the same run, "
+              "not the seconds). Each fit in its own process with one BLAS thread; peak RSS includes generating the "
+              "crowd. Synthetic crowds of bench/synthetic_crowd.py (4 classes, 200,000 items and 2,000 workers per "
+              "million labels).")
+    text = "\n".join([header, "", *lines])
     print(text)
     if not a.no_write:
         write_section(text, title="## Truth inference speed")

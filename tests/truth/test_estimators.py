@@ -96,8 +96,8 @@ def test_stacking_weights_mix_and_select():
     from crowdforge.truth.stacking import stacking_weights
 
     rng = np.random.default_rng(0)
-    a, b = rng.uniform(0.1, 1, 2000), rng.uniform(0.1, 1, 2000)
-    assert stacking_weights(np.c_[a, a * 0.5]).argmax() == 0  # a dominated member gets ~0
+    a = rng.uniform(0.1, 1, 2000)
+    assert stacking_weights(np.c_[a, a * 0.5])[0] > 0.99  # a dominated member gets ~0
     half = np.r_[np.ones(1000), np.full(1000, 0.01)]
     w = stacking_weights(np.c_[half, half[::-1]])  # each member right on half of the labels: mix
     assert np.allclose(w, [0.5, 0.5], atol=0.02)
