@@ -191,4 +191,4 @@ def test_one_trusted_annotator_is_taken_at_their_word(tmp_path):
     assert rep["gold_check_accuracy"] == rep["majority_vote_gold_check_accuracy"] == 1.0
     assert rep["model"]["method"] == "auto" and rep["model"]["chosen"]
     assert {e["model"] for e in rep["model"]["evidence"]} >= {"majority", "one_coin", "dawid_skene(tau=0)"}
-    assert "held-out label likelihood" in (paths.reports / "reputation.md").read_text()
+    assert "held-out label likelihoods" in (paths.reports / "reputation.md").read_text()

@@ -236,11 +236,13 @@ def model_note(model: dict[str, Any]) -> str:
     """One line for a person: the chosen model and its weight among the members."""
     if "evidence" not in model:
         return f"model: {model['method']} ({model['estimator']})"
-    used = sorted((e for e in model["evidence"] if e["weight"] > 0), key=lambda e: -e["weight"])
-    mix = ", ".join(f"{e['model']} {e['weight']:.2f}" for e in used)
+    stacked = sorted((e for e in model["evidence"] if e["stacking_weight"] >= 0.01), key=lambda e: -e["stacking_weight"])
+    weights = ", ".join(f"{e['model']} {e['stacking_weight']:.2f}" for e in stacked)
+    mixed = [e["model"] for e in model["evidence"] if 0 < e["weight"] < 1]
     best = max(model["evidence"], key=lambda e: e["heldout_loglik"])
-    return (f"model chosen by held-out label likelihood on {model['selection_labels']} labels: {mix} "
-            f"(best single member {best['model']}, {best['heldout_loglik']:.4f} nats per label)")
+    return (f"model {model['chosen']}" + (f" (a mixture of {', '.join(mixed)})" if mixed else "")
+            + f", chosen by stacking the members' held-out label likelihoods on {model['selection_labels']} labels "
+            f"(weights {weights}; best alone {best['model']}, {best['heldout_loglik']:.4f} nats per label)")
 
 
 def gold_check_note(check: dict[str, float]) -> str:
