@@ -21,11 +21,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_overrides(backbone: Path) -> dict[str, Any]:
     """Params for a whole pipeline in seconds: small crowd, tiny random BERT, short training."""
     return {
-        "demo": {"n_items": 160, "n_gold_check": 20, "n_gold_test": 40, "n_unlabeled": 120,
+        # 80 test items and a head member trained longer: the tiny random encoder must let the ensemble
+        # beat the majority-class baseline, or the gate (rightly) refuses to promote it
+        "demo": {"n_items": 160, "n_gold_check": 20, "n_gold_test": 80, "n_unlabeled": 120,
                  "n_contributors": 40, "malformed_rows": 10},
         "pretrain": {"backbone": str(backbone), "max_steps": 3, "batch_size": 8, "max_length": 32},
-        "finetune": {"max_length": 32, "batch_size": 16, "max_epochs": 2, "patience": 1,
-                     "members": [{"name": "head-a", "strategy": "head", "seed": 1},
+        "finetune": {"max_length": 32, "batch_size": 16, "max_epochs": 2, "patience": 8, "lr_head": 0.03,
+                     "members": [{"name": "head-a", "strategy": "head", "seed": 1, "max_epochs": 8},
                                  {"name": "partial-1", "strategy": "partial", "seed": 2,
                                   "unfreeze_layers": 1, "max_epochs": 1}]},
         "runtime": {"torch_threads": 1},

@@ -144,7 +144,7 @@ class RegisterParams:
 
 @dataclass(frozen=True)
 class PromoteParams:
-    metric: str = "accuracy"
+    metric: str = "auto"  # auto: macro_f1 on an imbalanced gold test split, else accuracy | accuracy | macro_f1
     margin: float = 0.005
 
 

@@ -62,6 +62,8 @@ class Paths:
     def reports(self) -> Path: return self.root / "reports"
     def report(self, stage: str) -> Path: return self.reports / f"{stage}.json"
     @property
+    def test_predictions(self) -> Path: return self.reports / "test_predictions.parquet"
+    @property
     def data_docs(self) -> Path: return self.reports / "data_docs"
     @property
     def cache(self) -> Path: return self.root / ".crowdforge"

@@ -1,13 +1,15 @@
 """Register, gate, force, rollback, lineage and HTTP serving against a real MLflow (SQLite) registry.
 
-Two real but deliberately constant ensembles make the gate's decision deterministic: one always
-answers the most frequent gold-test class, the other the least frequent, so the second is worse.
+The trained tiny ensemble, a deliberately constant one (always the most frequent gold-test class:
+exactly the majority-class baseline) and a rescaled copy of the trained one (different files, the
+same predictions) make the gate's decisions deterministic.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import os
 import socket
 import subprocess
@@ -36,6 +38,18 @@ def make_constant(ensemble_dir: Path, class_index: int) -> None:
         save_file({"weight": np.zeros_like(tensors["weight"]), "bias": bias}, head)
 
 
+def rescale(ensemble_dir: Path, factor: float) -> None:
+    """Multiply every head by ``factor > 0``: new files, the same arg-max predictions."""
+    for head in sorted((ensemble_dir / "heads").glob("*.safetensors")):
+        tensors = load_file(head)
+        save_file({k: v * factor for k, v in tensors.items()}, head)
+
+
+def use_ensemble(paths: Paths, source: Path) -> None:
+    shutil.rmtree(paths.ensemble)
+    shutil.copytree(source, paths.ensemble)
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_backbone):
     from conftest import write_tiny_params
@@ -52,7 +66,9 @@ def project(tmp_path_factory, tiny_backbone):
     counts = test["label"].value_counts()
     assert counts.iloc[0] > counts.iloc[-1], "the tiny gold test split needs unequal class counts"
     classes = list(params.data.classes)
-    return params, paths, classes.index(counts.index[0]), classes.index(counts.index[-1])
+    trained = root / "trained-ensemble"
+    shutil.copytree(paths.ensemble, trained)
+    return params, paths, classes.index(counts.index[0]), trained
 
 
 def test_gate_force_rollback_and_lineage(project):
@@ -62,37 +78,49 @@ def test_gate_force_rollback_and_lineage(project):
     from crowdforge.registry.lineage_report import describe
     from crowdforge.registry.promote import PromotionError, promote, rollback
 
-    params, paths, best, worst = project
+    params, paths, majority, trained = project
     name = params.register.model_name
 
-    make_constant(paths.ensemble, best)
+    # a model that always answers the majority class is refused, even as the first version
+    make_constant(paths.ensemble, majority)
     assert register.run(params, paths)["version"] == 1
-    first = promote(params, paths)
-    assert first["decision"] == "promoted" and first["champion_version"] == 1
+    constant = promote(params, paths)
+    assert constant["decision"] == "refused" and "majority-class baseline" in constant["reason"], constant
+    assert constant["champion_version"] is None
+    assert constant["challenger_metric"] == pytest.approx(constant["majority_baseline_metric"])
 
-    make_constant(paths.ensemble, worst)
+    use_ensemble(paths, trained)
     assert register.run(params, paths)["version"] == 2
+    first = promote(params, paths)
+    assert first["decision"] == "promoted" and first["champion_version"] == 2, first
+    assert first["reused_ensemble_predictions"] is True  # the ensemble stage's own test predictions
+    assert first["challenger_metric"] == pytest.approx(
+        json.loads(paths.report("ensemble").read_text())[f"test_{first['metric']}"])
+
+    rescale(paths.ensemble, 0.5)  # other files (a new version, scored by the registry), same answers
+    assert register.run(params, paths)["version"] == 3
     second = promote(params, paths)
     assert second["decision"] == "rejected", second["reason"]
-    assert second["champion_version"] == 1 and second["challenger_metric"] < second["champion_metric"]
+    assert second["reused_ensemble_predictions"] is False
+    assert second["champion_version"] == 2 and second["challenger_metric"] == pytest.approx(second["champion_metric"])
 
     client = MlflowClient()
-    v2 = client.get_model_version(name, "2")
-    assert v2.tags["promotion.decision"] == "rejected" and "margin" in v2.tags["promotion.reason"]
+    v3 = client.get_model_version(name, "3")
+    assert v3.tags["promotion.decision"] == "rejected" and "margin" in v3.tags["promotion.reason"]
 
     with pytest.raises(PromotionError, match="--force needs --reason"):
         promote(params, paths, force=True)
     forced = promote(params, paths, force=True, reason="hotfix demo")
-    assert forced["decision"] == "forced" and forced["champion_version"] == 2
-    assert client.get_model_version(name, "2").tags["promotion.reason"].startswith("forced: hotfix demo")
+    assert forced["decision"] == "forced" and forced["champion_version"] == 3
+    assert client.get_model_version(name, "3").tags["promotion.reason"].startswith("forced: hotfix demo")
 
     back = rollback(params, paths, reason="worse on gold")
-    assert (back["from_version"], back["to_version"]) == (2, 1)
-    assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    assert (back["from_version"], back["to_version"]) == (3, 2)
+    assert str(client.get_model_version_by_alias(name, "champion").version) == "2"
     with pytest.raises(PromotionError, match="nothing to roll back to"):
         rollback(params, paths)
 
-    text = describe(params, paths, "1")
+    text = describe(params, paths, "2")
     for needle in ("git_commit", "test_set_hash", "validation", "reputation", "data.labels.md5", "dvc repro"):
         assert needle in text
 

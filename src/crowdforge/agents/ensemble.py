@@ -64,6 +64,7 @@ import pandas as pd
 from crowdforge import io
 from crowdforge.config import Params
 from crowdforge.gold import gold_test, test_set_hash
+from crowdforge.metrics import evaluate, label_metrics
 from crowdforge.modeling.backbone import resolve_backbone
 from crowdforge.modeling.inference import Ensemble, Member, softmax
 from crowdforge.modeling.members import (
@@ -75,6 +76,7 @@ from crowdforge.modeling.members import (
     valid_gold_mask,
 )
 from crowdforge.paths import Paths
+from crowdforge.registry.lineage import md5_path
 from crowdforge.reports import write_report
 from crowdforge.runtime import set_torch_threads
 from crowdforge.truth import calibration
@@ -160,16 +162,9 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = E
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
-    from sklearn.metrics import f1_score
-
-    pred = probs.argmax(1)
-    q = np.eye(n_classes)[y]
-    return {
-        "accuracy": float((pred == y).mean()),
-        "macro_f1": float(f1_score(y, pred, labels=list(range(n_classes)), average="macro", zero_division=0)),
-        "ece": expected_calibration_error(probs, y),
-        "nll": soft_nll(probs, q),
-    }
+    scores = label_metrics(y, probs.argmax(1), n_classes)
+    return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
+            "ece": expected_calibration_error(probs, y), "nll": soft_nll(probs, np.eye(n_classes)[y])}
 
 
 # --- assembling the members ---------------------------------------------------------------------
@@ -333,6 +328,21 @@ def test_predictions(test: pd.DataFrame, probs: np.ndarray, classes: Sequence[st
     return out
 
 
+def _headline_md(m: dict[str, Any]) -> str:
+    """The report's first line: macro-F1 first on an imbalanced split, always next to the majority-class
+    baseline, and a warning when the model does not beat it."""
+    acc = f"accuracy {m['test_accuracy']:.3f} (majority class: {m['test_majority_accuracy']:.3f})"
+    f1 = f"macro F1 {m['test_macro_f1']:.3f} (majority class: {m['test_majority_macro_f1']:.3f})"
+    first, second = (f1, acc) if m["test_imbalanced"] else (acc, f1)
+    per_class = ", ".join(f"{c} {v:.3f}" for c, v in m["test_per_class_f1"].items())
+    line = (f"Gold test split ({m['test_n']} items{', imbalanced' if m['test_imbalanced'] else ''}): "
+            f"{first}, {second}; F1 per class: {per_class}.")
+    if m["test_beats_majority_by"] <= 0:
+        line += (f" **Warning: no better than always answering '{m['test_majority_class']}' on "
+                 f"{m['test_headline_metric']}: the model has learned nothing usable.**")
+    return line
+
+
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     start = time.perf_counter()
     threads = set_torch_threads(params.runtime.torch_threads)
@@ -371,6 +381,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             "temperature": m.temperature,
             "valid_accuracy": float((valid_logits[m.name].argmax(1) == y_valid).mean()),
             "test_accuracy": float((test_logits[m.name].argmax(1) == y_test).mean()),
+            "test_macro_f1": label_metrics(y_test, test_logits[m.name].argmax(1), len(classes))["macro_f1"],
         }
         for m in ens.members
     }
@@ -386,18 +397,27 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         student, student_info = distill_student(ens, params, train_texts, v_texts, y_valid,
                                                 encoder_source(paths, params)[0], noise)
         student_probs = student.predict_proba(test["text"].astype(str).tolist())
-        student_info.update({f"test_{k}": v for k, v in classification_metrics(student_probs, y_test, len(classes)).items()})
+        student_test = {f"test_{k}": v for k, v in classification_metrics(student_probs, y_test, len(classes)).items()}
+        student_info.update(student_test)
         student_info["temperature_fitted"] = student.members[0].temperature
-        comparison["student"] = {f"test_{k}": v for k, v in classification_metrics(student_probs, y_test, len(classes)).items()}
+        comparison["student"] = dict(student_test)
         comparison["student"].update({f"valid_{k}": v for k, v in classification_metrics(
             student.predict_proba(v_texts), y_valid, len(classes)).items()})
 
     best = comparison["weighted"]
     floor = calibration.ece_sampling_floor(test_s["weighted"], best["test_ece"], ECE_BINS)
+    headline = evaluate(y_test, test_s["weighted"].argmax(1), len(classes))
     metrics = {
         "classes": classes,
         "test_accuracy": best["test_accuracy"],
         "test_macro_f1": best["test_macro_f1"],
+        "test_per_class_f1": dict(zip(classes, headline["per_class_f1"], strict=True)),
+        "test_majority_class": classes[headline["majority_class_index"]],
+        "test_majority_accuracy": headline["majority_accuracy"],
+        "test_majority_macro_f1": headline["majority_macro_f1"],
+        "test_imbalanced": headline["imbalanced"],
+        "test_headline_metric": headline["headline_metric"],
+        "test_beats_majority_by": headline["beats_majority_by"],
         "test_ece": best["test_ece"],
         "test_ece_floor": floor["mean"],
         "test_ece_p_value": floor["p_value"],
@@ -422,13 +442,13 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         if student is not None:
             student.save(tmp / "student", extra={"test_set_hash": metrics["test_set_hash"],
                                                  "test_accuracy": student_info["test_accuracy"]})
-    io.write_parquet(paths.reports / "test_predictions.parquet",
+    io.write_parquet(paths.test_predictions,
                      test_predictions(test, test_s["weighted"], classes))
+    metrics["ensemble_md5"] = md5_path(paths.ensemble)  # the gate reuses these test predictions for this ensemble
     metrics["seconds"] = round(time.perf_counter() - start, 3)
 
-    lines = ["# ensemble", "",
-             (f"Gold test split ({metrics['test_n']} items): accuracy {metrics['test_accuracy']:.3f}, "
-              f"macro F1 {metrics['test_macro_f1']:.3f}, ECE {metrics['test_ece']:.3f} (a perfectly calibrated model "
+    lines = ["# ensemble", "", _headline_md(metrics),
+             (f"ECE {metrics['test_ece']:.3f} (a perfectly calibrated model "
               f"would show {metrics['test_ece_floor']:.3f} on this many items; p = {metrics['test_ece_p_value']:.2f})."),
              (f"Temperatures and weights fitted on {metrics['valid_n']} valid items: "
               + ("gold check items with their expert labels." if source == "gold_check" else
@@ -438,7 +458,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     for name, c in comparison.items():
         lines.append(f"| {name} | {c['valid_accuracy']:.3f} | {c['test_accuracy']:.3f} | "
                      f"{c['test_macro_f1']:.3f} | {c['test_ece']:.3f} |")
-    lines += ["", "| member | weight | temperature | test acc |", "|---|---|---|---|"]
+    lines += ["", "| member | weight | temperature | test acc | test macro F1 |", "|---|---|---|---|---|"]
     for name, v in members.items():
-        lines.append(f"| {name} | {v['weight']:.3f} | {v['temperature']:.2f} | {v['test_accuracy']:.3f} |")
+        lines.append(f"| {name} | {v['weight']:.3f} | {v['temperature']:.2f} | {v['test_accuracy']:.3f} | "
+                     f"{v['test_macro_f1']:.3f} |")
     return write_report(paths, "ensemble", metrics, "\n".join(lines))

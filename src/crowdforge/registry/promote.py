@@ -2,7 +2,11 @@
 
 Both ``@challenger`` and ``@champion`` are scored now, on the same frozen gold test split; the
 ``champion`` alias moves only when the challenger beats the champion by ``promote.margin`` on
-``promote.metric``. The gate refuses when the two versions were built against different gold test
+``promote.metric`` (``auto``: macro-F1 when the test split is imbalanced, else accuracy;
+:mod:`crowdforge.metrics`), and never when it does not beat the majority-class baseline by that margin,
+first version included: a model that answers one class for everything is not promoted. When the
+challenger is the ensemble the ensemble stage just evaluated (same files, same test split), its test
+predictions are reused instead of predicted again. The gate refuses when the two versions were built against different gold test
 splits (a model may have trained on items that are now test items), unless forced with a reason.
 Every decision, both scores and the test-set hash are tags on the challenger version, so the
 registry itself says why a version is (not) champion. A file lock serialises promotions on one
@@ -19,15 +23,20 @@ from crowdforge.gold import gold_test, test_set_hash
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
 
-METRICS = ("accuracy", "macro_f1")
+METRICS = ("auto", "accuracy", "macro_f1")
 
 
 class PromotionError(RuntimeError):
     pass
 
 
-def decide(challenger: float, champion: float | None, margin: float) -> tuple[bool, str]:
-    """Pure gate: promote when there is no champion or the challenger wins by at least ``margin``."""
+def decide(challenger: float, champion: float | None, margin: float,
+           baseline: float | None = None) -> tuple[bool, str]:
+    """Pure gate: promote when the challenger beats the majority-class ``baseline`` by ``margin`` and
+    there is no champion or the challenger beats it by at least ``margin``."""
+    if baseline is not None and (challenger <= baseline or challenger < baseline + margin):
+        return False, (f"challenger {challenger:.4f} does not beat the majority-class baseline {baseline:.4f} "
+                       f"+ margin {margin}: it has learned nothing usable")
     if champion is None:
         return True, "no champion yet"
     if challenger >= champion + margin:
@@ -77,45 +86,76 @@ def promote(params: Params, paths: Paths, force: bool = False, reason: str | Non
         return _promote_locked(params, paths, force, reason)
 
 
+def _reused_test_labels(paths: Paths, challenger: Any, current_hash: str) -> list[str] | None:
+    """The ensemble stage's test predictions, when the challenger is exactly that ensemble (same files
+    and the same test split); ``None`` otherwise."""
+    from crowdforge import io
+    from crowdforge.registry.lineage import md5_path
+
+    report = paths.report("ensemble")
+    if not (paths.test_predictions.exists() and report.exists() and paths.ensemble.exists()):
+        return None
+    written = io.read_json(report)
+    if written.get("test_set_hash") != current_hash:
+        return None
+    if not challenger.tags.get("ensemble_md5") == written.get("ensemble_md5") == md5_path(paths.ensemble):
+        return None
+    import pandas as pd
+
+    return pd.read_parquet(paths.test_predictions, columns=["item_id", "label"])["label"].astype(str).tolist()
+
+
 def _promote_locked(params: Params, paths: Paths, force: bool, reason_given: str | None) -> dict[str, Any]:
     from mlflow import MlflowClient
 
-    from crowdforge.registry.evaluate import score
+    from crowdforge.registry.evaluate import score, score_labels
     from crowdforge.registry.tracking import connect
 
-    metric = params.promote.metric
     connect(params, paths)
     client = MlflowClient()
     name = params.register.model_name
+    classes = list(params.data.classes)
     challenger = _alias(client, name, "challenger")
     if challenger is None:
         raise PromotionError(f"model {name!r} has no version aliased 'challenger': run the register stage first")
     champion = _alias(client, name, "champion")
-    test = gold_test(paths.gold)
+    test = gold_test(paths.gold)  # sorted by item_id, as the ensemble stage's predictions are
     current = test_set_hash(test)
     chal_v = str(challenger.version)
     champ_v = str(champion.version) if champion is not None else None
+    imbalanced: bool | None = None
+    metric = params.promote.metric
 
     chal_score: float | None = None
     champ_score: float | None = None
+    baseline: float | None = None
+    reused = False
     if champ_v == chal_v and not force:
         decision, reason = "kept", f"version {chal_v} is already champion"
     else:
         problem = comparable(challenger.tags.get("test_set_hash", ""),
                              champion.tags.get("test_set_hash", "") if champion else None, current)
-        chal_score = score(f"models:/{name}/{chal_v}", test)[metric]
-        champ_score = score(f"models:/{name}/{champ_v}", test)[metric] if champ_v else None
+        labels = _reused_test_labels(paths, challenger, current)
+        reused = labels is not None
+        chal_all = (score_labels(labels, test, classes) if labels is not None
+                    else score(f"models:/{name}/{chal_v}", test, classes))
+        metric = chal_all["headline_metric"] if metric == "auto" else metric
+        imbalanced = chal_all["imbalanced"]
+        chal_score = chal_all[metric]
+        baseline = chal_all[f"majority_{metric}"]
+        champ_score = score(f"models:/{name}/{champ_v}", test, classes)[metric] if champ_v else None
         if force:
             decision, reason = "forced", f"forced: {reason_given.strip()}" + (f" (gate: {problem})" if problem else "")
         elif problem:
             decision, reason = "refused", f"refused: {problem}"
         else:
-            promoted, reason = decide(chal_score, champ_score, params.promote.margin)
-            decision = "promoted" if promoted else "rejected"
+            promoted, reason = decide(chal_score, champ_score, params.promote.margin, baseline)
+            decision = "promoted" if promoted else ("refused" if "baseline" in reason else "rejected")
         tags = {
             "promotion.decision": decision, "promotion.reason": reason, "promotion.metric": metric,
             f"promotion.challenger_{metric}": f"{chal_score:.6f}",
             f"promotion.champion_{metric}": "" if champ_score is None else f"{champ_score:.6f}",
+            f"promotion.majority_baseline_{metric}": f"{baseline:.6f}",
             "promotion.champion_version": champ_v or "", "promotion.margin": str(params.promote.margin),
             "promotion.test_set_hash": current, "promotion.at": _now(),
         }
@@ -138,7 +178,9 @@ def _promote_locked(params: Params, paths: Paths, force: bool, reason_given: str
     report = {"decision": decision, "reason": reason, "summary": summary, "metric": metric,
               "challenger_version": int(chal_v), "champion_version": int(now_champion) if now_champion else None,
               "previous_champion_version": int(champ_v) if champ_v else None,
-              "challenger_metric": chal_score, "champion_metric": champ_score, "test_set_hash": current}
+              "challenger_metric": chal_score, "champion_metric": champ_score,
+              "majority_baseline_metric": baseline, "test_imbalanced": imbalanced,
+              "reused_ensemble_predictions": reused, "test_set_hash": current}
     return write_report(paths, "promote", report, md)
 
 

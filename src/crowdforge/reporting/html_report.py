@@ -97,7 +97,7 @@ def contributor_reliability(ledger: pd.DataFrame, data_version: str | None) -> p
 def gold_test_predictions(paths: Paths, classes: Sequence[str]) -> pd.DataFrame:
     """The ensemble's per-item predictions on the frozen gold test split (``gold`` = the expert
     label), as the ensemble agent wrote them: the plots need them, and predicting again is slow."""
-    path = paths.reports / "test_predictions.parquet"
+    path = paths.test_predictions
     if not path.exists():
         raise Unavailable("reports/test_predictions.parquet not found (run the ensemble stage)")
     pred = pd.read_parquet(path)
