@@ -115,6 +115,8 @@ class FinetuneParams:
     refine_rounds: int = 2  # EM rounds refining the soft labels with an out-of-fold text classifier (0 = off)
     refine_folds: int = 5
     elr_weight: float = 3.0  # partial/full members: early-learning regularisation against memorising wrong labels (0 = off)
+    class_weight: str = "auto"  # auto: balance the classes' weight when the training labels are imbalanced | balanced | none
+    full_if_nothing_learned: bool = True  # a partial member no better than the majority class on valid is retrained with `full`
     members: tuple[MemberParams, ...] = (
         MemberParams(name="partial-3", strategy="partial", seed=3, unfreeze_layers=3, max_epochs=3),
         MemberParams(name="partial-3-boot", strategy="partial", seed=4, unfreeze_layers=3, max_epochs=3,

@@ -153,7 +153,8 @@ def test_partial_member_resumes_after_a_crash_mid_training(tiny_backbone: Path, 
     from safetensors.numpy import load_file
 
     members = [{"name": "p", "strategy": "partial", "seed": 1, "unfreeze_layers": 1, "max_epochs": 3}]
-    params = tiny_params(tiny_backbone, members=members, patience=5, elr_weight=elr_weight)
+    params = tiny_params(tiny_backbone, members=members, patience=5, elr_weight=elr_weight,
+                         full_if_nothing_learned=False)  # this test is about resuming the partial member
     roots = []
     for sub in ("straight", "crashed"):
         paths = Paths(tmp_path / sub)
@@ -176,3 +177,24 @@ def test_partial_member_resumes_after_a_crash_mid_training(tiny_backbone: Path, 
     b = load_file(str(roots[1].member("p") / "head.safetensors"))
     np.testing.assert_allclose(a["weight"], b["weight"], atol=1e-6)
     assert not (roots[1].cache / "checkpoints" / "finetune" / "p.pt").exists()
+
+
+def test_partial_member_that_learns_nothing_is_retrained_full(tiny_backbone: Path, tmp_path: Path) -> None:
+    """Training labels all of one class: the partial member can only answer that class, which is exactly
+    the majority-class baseline on valid, so it is retrained with every layer (and says so)."""
+    import pandas as pd
+
+    paths = Paths(tmp_path)
+    write_toy_blackboard(paths, n_train=40, n_valid=30)
+    train = pd.read_parquet(paths.train)
+    for c in ("negative", "neutral", "positive"):
+        train[f"prob_{c}"] = float(c == "neutral")
+    train["label"] = "neutral"
+    train.to_parquet(paths.train, index=False)
+    members = [{"name": "p", "strategy": "partial", "seed": 1, "unfreeze_layers": 1, "max_epochs": 1}]
+    info = finetune.train_member(tiny_params(tiny_backbone, members=members), paths, "p")
+    assert info["strategy"] == "full" and info["fallback"]["from"] == "partial"
+    assert info["fallback"]["valid_score"] <= info["fallback"]["majority_baseline"]
+    assert (paths.member("p") / "encoder" / "config.json").exists()
+    off = tiny_params(tiny_backbone, members=members, full_if_nothing_learned=False)
+    assert finetune.train_member(off, Paths(tmp_path), "p")["strategy"] == "partial"

@@ -81,10 +81,12 @@ from crowdforge.modeling.classifier import (
     load_encoder,
     new_head,
 )
+from crowdforge.metrics import headline_metric, majority_baseline
 from crowdforge.modeling.members import (
     ENCODER_DIR,
     HEAD_FILE,
     MEMBER_FILE,
+    class_balance_factors,
     encoder_source,
     load_split,
 )
@@ -186,12 +188,12 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     classes = list(params.data.classes)
     seed = ft.seed * 1000 + m.seed
     set_seed(seed)  # dropout; shuffling, bootstrap and head init use their own generators
-    cfg = FitConfig(batch_size=ft.batch_size, max_epochs=m.max_epochs or ft.max_epochs,
-                    patience=ft.patience, lr_head=ft.lr_head, lr_backbone=ft.lr_backbone, seed=seed,
-                    elr_weight=ft.elr_weight if m.strategy != "head" else 0.0)
-
     texts, q, w, _ = load_split(paths.train, classes)
     v_texts, v_q, _, v_y = load_split(paths.valid, classes)
+    cfg = FitConfig(batch_size=ft.batch_size, max_epochs=m.max_epochs or ft.max_epochs,
+                    patience=ft.patience, lr_head=ft.lr_head, lr_backbone=ft.lr_backbone, seed=seed,
+                    elr_weight=ft.elr_weight if m.strategy != "head" else 0.0,
+                    select_metric=headline_metric(v_y, len(classes)))
     backbone, source = encoder_source(paths, params)
     fingerprint = member_fingerprint(params, paths, m, backbone)
     refined = {"rounds": ft.refine_rounds, "changed": 0.0}
@@ -213,7 +215,11 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         accepted = pd.read_parquet(paths.accepted, columns=["contributor_id", "item_id"]) if paths.accepted.exists() else None
         w = w * contributor_bootstrap_weights(src.tolist(), accepted, seed)
         rows = np.flatnonzero(w > 0)
+    balance = class_balance_factors(q[rows], w[rows], ft.class_weight)
+    w = w.copy()
+    w[rows] = w[rows] * balance
 
+    fallback: dict[str, Any] | None = None
     if m.strategy == "head":  # the encoder is loaded only on a cache miss
         cache = paths.cache / "embeddings"
         x = cached_embeddings(backbone, texts, ft.max_length, cache)[rows]
@@ -234,6 +240,20 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         result = fit_classifier(model, tokenizer, texts, q, w, v_texts, v_y, v_q, ft.max_length, cfg,
                                 cache_frozen=ft.cache_frozen, checkpoint_path=ckpt, checkpoint_key=fingerprint,
                                 on_epoch=on_epoch)
+        baseline = majority_baseline(v_y, len(classes))[cfg.select_metric]
+        if m.strategy == "partial" and ft.full_if_nothing_learned and result.valid_score <= baseline:
+            # the top layers could not learn the task from this encoder: train every layer instead
+            fallback = {"from": "partial", "valid_score": result.valid_score, "majority_baseline": baseline}
+            if ckpt is not None:
+                ckpt.unlink(missing_ok=True)
+            encoder, tokenizer = load_encoder(backbone)
+            head = new_head(hidden, len(classes), seed)
+            model = MeanPoolClassifier(encoder, head)
+            m = replace(m, strategy="full")
+            n_trainable = model.set_strategy("full")
+            result = fit_classifier(model, tokenizer, texts, q, w, v_texts, v_y, v_q, ft.max_length, cfg,
+                                    cache_frozen=ft.cache_frozen, checkpoint_path=ckpt,
+                                    checkpoint_key=fingerprint + "-full", on_epoch=on_epoch)
 
     info: dict[str, Any] = {
         "name": m.name,
@@ -250,6 +270,10 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         "initial_encoder": source,
         "valid_accuracy": result.valid_accuracy,
         "valid_nll": result.valid_nll,
+        "select_metric": cfg.select_metric,
+        "valid_score": result.valid_score,
+        "class_weight": {"mode": ft.class_weight, "balanced": bool(np.ptp(balance) > 0)},
+        "fallback": fallback,
         "best_epoch": result.best_epoch,
         "epochs_run": result.epochs_run,
         "max_epochs": cfg.max_epochs,

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from crowdforge.modeling.backbone import backbone_fingerprint
-from crowdforge.modeling.inference import encode_texts, length_batches, mean_pool
+from crowdforge.modeling.inference import encode_texts, mean_pool
+from crowdforge.metrics import label_metrics
+from crowdforge.modeling.tokens import length_batches, pad_ids, token_ids
 
 STRATEGIES = ("head", "partial", "full")
 
@@ -134,7 +136,7 @@ _cache_locks_guard = threading.Lock()
 def embedding_cache_key(backbone: str, texts: Sequence[str], max_length: int) -> str:
     h = hashlib.sha256()
     h.update(backbone_fingerprint(backbone).encode())
-    h.update(f"|max_length={max_length}|".encode())
+    h.update(f"|max_length={max_length}|pairs-as-pairs|".encode())  # token_ids encodes [SEP] texts as pairs
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\x00")
@@ -189,17 +191,6 @@ def run_layers(encoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.T
     return hidden
 
 
-def pad_ids(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token id lists into ``(input_ids, attention_mask)`` tensors."""
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, x in enumerate(ids):
-        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-        mask[i, : len(x)] = 1
-    return input_ids, mask
-
-
 class FrozenLowerCache:
     """Hidden states after the frozen embeddings + lower blocks, computed once per text.
 
@@ -211,7 +202,7 @@ class FrozenLowerCache:
 
     def __init__(self, encoder: nn.Module, tokenizer: Any, texts: Sequence[str], max_length: int,
                  n_frozen_layers: int, batch_size: int = 64) -> None:
-        self.ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        self.ids = token_ids(tokenizer, texts, max_length)
         self.lengths = np.array([len(x) for x in self.ids])
         self.hidden_size = int(encoder.config.hidden_size)
         pad = tokenizer.pad_token_id or 0
@@ -220,7 +211,7 @@ class FrozenLowerCache:
         was_training = encoder.training
         encoder.eval()
         with torch.no_grad():
-            for idx in length_batches([" " * n for n in self.lengths], batch_size):
+            for idx in length_batches(self.lengths, batch_size):
                 input_ids, mask = pad_ids([self.ids[i] for i in idx], pad)
                 h = run_layers(encoder, encoder.embeddings(input_ids=input_ids), mask, lower)
                 for row, i in enumerate(idx):
@@ -253,6 +244,7 @@ class FitConfig:
     length_grouped: bool = True  # text strategies: batches of similar length (less padding)
     elr_weight: float = 0.0  # early-learning regularisation (Liu et al. 2020); 0 = off
     elr_beta: float = 0.7  # EMA factor of each example's target in ELR
+    select_metric: str = "accuracy"  # early stopping keeps the epoch best on this valid metric (or macro_f1)
 
 
 @dataclass
@@ -266,6 +258,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # time in optimisation steps only (no validation, no caching)
     resumed_from_epoch: int = 0
+    valid_score: float = float("nan")  # the best epoch's valid ``FitConfig.select_metric``
 
 
 def elr_penalty(logits: torch.Tensor, ema: torch.Tensor, idx: torch.Tensor, beta: float,
@@ -285,11 +278,15 @@ def elr_penalty(logits: torch.Tensor, ema: torch.Tensor, idx: torch.Tensor, beta
     return (per_example * weights).sum() / weights.sum().clamp(min=1e-12)
 
 
-def _valid_metrics(logits: np.ndarray, y_valid: np.ndarray, q_valid: np.ndarray) -> tuple[float, float]:
+def _valid_metrics(logits: np.ndarray, y_valid: np.ndarray, q_valid: np.ndarray,
+                   metric: str = "accuracy") -> tuple[float, float, float]:
+    """(``metric``, NLL, accuracy) of valid logits."""
     z = torch.from_numpy(np.asarray(logits, dtype=np.float32))
     acc = float((z.argmax(-1).numpy() == y_valid).mean()) if len(y_valid) else 0.0
     nll = float(soft_cross_entropy(z, torch.from_numpy(q_valid.astype(np.float32))))
-    return acc, nll
+    if metric == "accuracy" or not len(y_valid):
+        return acc, nll, acc
+    return label_metrics(y_valid, z.argmax(-1).numpy(), z.shape[-1])[metric], nll, acc
 
 
 def batch_order(n: int, batch_size: int, rng: np.random.Generator,
@@ -342,7 +339,7 @@ def _early_stopping(
     n_train: int,
     cfg: FitConfig,
     train_step: Callable[[np.ndarray], None],
-    evaluate: Callable[[], tuple[float, float]],
+    evaluate: Callable[[], tuple[float, float, float]],
     snapshot: Callable[[], Any],
     restore: Callable[[Any], None],
     *,
@@ -351,7 +348,8 @@ def _early_stopping(
     on_epoch: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Epoch loop: batches from a per-epoch generator, step, evaluate on valid, keep the best, stop
-    after ``patience`` epochs without improvement (accuracy first, valid NLL breaks ties).
+    after ``patience`` epochs without improvement (``cfg.select_metric`` first, valid NLL breaks ties;
+    macro-F1 on an imbalanced valid split, where accuracy would favour answering the majority class).
 
     Each epoch's shuffle and dropout are seeded by ``(seed, epoch)`` alone, so a run resumed from
     the checkpoint of epoch ``e`` continues exactly as the uninterrupted run would have.
@@ -378,11 +376,12 @@ def _early_stopping(
             train_step(idx)
             loop["seen"] += len(idx)
         loop["train_seconds"] += time.perf_counter() - t0
-        acc, nll = evaluate()
-        loop["history"].append({"epoch": epoch, "valid_accuracy": acc, "valid_nll": nll})
+        score, nll, acc = evaluate()
+        loop["history"].append({"epoch": epoch, "valid_accuracy": acc, "valid_nll": nll,
+                                **({f"valid_{cfg.select_metric}": score} if cfg.select_metric != "accuracy" else {})})
         best = loop["best"]
-        if acc > best[0] + 1e-12 or (abs(acc - best[0]) <= 1e-12 and nll < best[1]):
-            loop.update(best=(acc, nll), best_state=snapshot(), best_epoch=epoch, bad=0)
+        if score > best[0] + 1e-12 or (abs(score - best[0]) <= 1e-12 and nll < best[1]):
+            loop.update(best=(score, nll), best_state=snapshot(), best_epoch=epoch, bad=0, best_accuracy=acc)
         else:
             loop["bad"] += 1
             stopped = loop["bad"] >= cfg.patience
@@ -393,8 +392,8 @@ def _early_stopping(
             on_epoch(epoch)
     restore(loop["best_state"])
     best = loop["best"]
-    return FitResult(loop["best_epoch"], epoch, best[0], best[1], loop["seen"], time.perf_counter() - start,
-                     loop["history"], loop["train_seconds"], resumed)
+    return FitResult(loop["best_epoch"], epoch, float(loop.get("best_accuracy", best[0])), best[1], loop["seen"],
+                     time.perf_counter() - start, loop["history"], loop["train_seconds"], resumed, best[0])
 
 
 def fit_head(
@@ -424,8 +423,8 @@ def fit_head(
         opt.step()
 
     @torch.no_grad()
-    def evaluate() -> tuple[float, float]:
-        return _valid_metrics(head(Xv).numpy(), y_valid, q_valid)
+    def evaluate() -> tuple[float, float, float]:
+        return _valid_metrics(head(Xv).numpy(), y_valid, q_valid, cfg.select_metric)
 
     return _early_stopping(
         len(X), cfg, step, evaluate,
@@ -482,7 +481,7 @@ def fit_classifier(
             h, mask = cache.batch(idx)
             return model.head(mean_pool(run_layers(model.encoder, h, mask, top), mask))
     else:
-        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        ids = token_ids(tokenizer, texts, max_length)
         lengths = np.array([len(x) for x in ids])
         pad = tokenizer.pad_token_id or 0
 
@@ -502,16 +501,16 @@ def fit_classifier(
         opt.step()
 
     @torch.no_grad()
-    def evaluate() -> tuple[float, float]:
+    def evaluate() -> tuple[float, float, float]:
         model.eval()
         if use_cache:
             z = np.zeros((len(valid_texts), model.head.out_features), dtype=np.float32)
-            for idx in length_batches([" " * n for n in valid_cache.lengths], 64):
+            for idx in length_batches(valid_cache.lengths, 64):
                 z[idx] = forward(idx, valid_cache).numpy()
         else:
             emb = encode_texts(model.encoder, tokenizer, list(valid_texts), max_length)
             z = model.head(torch.from_numpy(emb)).numpy()
-        return _valid_metrics(z, y_valid, q_valid)
+        return _valid_metrics(z, y_valid, q_valid, cfg.select_metric)
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable}

@@ -12,7 +12,8 @@ the simplex and per-member temperatures ``T_k > 0`` (temperature scaling, Guo et
 Folder layout (``ensemble.json`` is the index)::
 
     ensemble.json           classes, max_length, members (name, encoder key, head file, T, w)
-    tokenizer/              one tokenizer (every member derives from the same backbone)
+    tokenizer/              one tokenizer (every member derives from the same backbone); a text
+                            holding ``[SEP]`` is encoded as a pair (crowdforge.modeling.tokens)
     encoders/<key>/         each distinct encoder once (save_pretrained, loadable by AutoModel)
     heads/<i>-<name>.safetensors   {"weight": (C, H), "bias": (C,)}
 """
@@ -30,6 +31,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from crowdforge.modeling.tokens import length_batches, pad_ids, token_ids
+
 FORMAT = "crowdforge-ensemble/1"
 
 
@@ -39,13 +42,23 @@ def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return (last_hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
 
 
-def length_batches(texts: Sequence[str], batch_size: int) -> list[list[int]]:
-    """Index batches of texts of similar length (less padding -> faster CPU forward passes)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+@torch.inference_mode()
+def encode_ids(encoder: torch.nn.Module, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled embeddings ``(n, hidden)`` float32 of token id lists, in their order; batches of
+    similar length, inference mode, eval mode (restored afterwards)."""
+    was_training = encoder.training
+    encoder.eval()
+    out = np.zeros((len(ids), int(encoder.config.hidden_size)), dtype=np.float32)
+    try:
+        for idx in length_batches([len(x) for x in ids], batch_size):
+            input_ids, mask = pad_ids([ids[i] for i in idx], pad_id)
+            h = encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
+            out[idx] = mean_pool(h, mask).float().numpy()
+    finally:
+        encoder.train(was_training)
+    return out
 
 
-@torch.no_grad()
 def encode_texts(
     encoder: torch.nn.Module,
     tokenizer: Any,
@@ -53,22 +66,8 @@ def encode_texts(
     max_length: int,
     batch_size: int = 64,
 ) -> np.ndarray:
-    """Mean-pooled embeddings ``(n, hidden)`` float32, in the order of ``texts``; no grad, eval mode."""
-    was_training = encoder.training
-    encoder.eval()
-    hidden = int(encoder.config.hidden_size)
-    out = np.zeros((len(texts), hidden), dtype=np.float32)
-    try:
-        for idx in length_batches(texts, batch_size):
-            batch = tokenizer(
-                [texts[i] for i in idx], padding=True, truncation=True,
-                max_length=max_length, return_tensors="pt",
-            )
-            h = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-            out[idx] = mean_pool(h, batch["attention_mask"]).float().numpy()
-    finally:
-        encoder.train(was_training)
-    return out
+    """Mean-pooled embeddings ``(n, hidden)`` of texts (pairs encoded as pairs, :mod:`.tokens`)."""
+    return encode_ids(encoder, token_ids(tokenizer, texts, max_length), tokenizer.pad_token_id or 0, batch_size)
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -123,13 +122,11 @@ class Ensemble:
 
     # --- prediction -------------------------------------------------------------------------
     def embeddings(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """One forward pass per distinct encoder that some member uses."""
+        """One forward pass per distinct encoder that some member uses; the texts are tokenized once."""
         used = {m.encoder for m in self.members}
-        return {
-            key: encode_texts(enc, self.tokenizer, list(texts), self.max_length, self.batch_size)
-            for key, enc in self.encoders.items()
-            if key in used
-        }
+        ids = token_ids(self.tokenizer, list(texts), self.max_length)
+        pad = self.tokenizer.pad_token_id or 0
+        return {key: encode_ids(enc, ids, pad, self.batch_size) for key, enc in self.encoders.items() if key in used}
 
     def member_logits(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
         """Uncalibrated logits ``(n, C)`` of every member."""

@@ -42,6 +42,23 @@ def load_split(path: Path, classes: Sequence[str]) -> tuple[list[str], np.ndarra
     return df["text"].astype(str).tolist(), q, w, y
 
 
+def class_balance_factors(q: np.ndarray, w: np.ndarray, mode: str) -> np.ndarray:
+    """Per-example weight factors that give every class the same total weight (``balanced``, as
+    scikit-learn's ``class_weight="balanced"``, on soft labels: class mass ``m_c = sum_i w_i q_ic``,
+    factor ``sum_c q_ic M / (K m_c)``, so the total weight is unchanged); ``auto`` does so only when
+    the training labels are imbalanced (:func:`crowdforge.metrics.is_imbalanced`); ``none``: ones.
+    Without it a member trained on 9 "no match" pairs in 10 minimises its loss by answering "no"."""
+    from crowdforge.metrics import is_imbalanced
+
+    if mode not in ("auto", "balanced", "none"):
+        raise ValueError(f"finetune.class_weight must be auto|balanced|none, got {mode!r}")
+    n, k = q.shape
+    if mode == "none" or (mode == "auto" and not is_imbalanced(q.argmax(1), k)):
+        return np.ones(n)
+    mass = np.clip((w[:, None] * q).sum(0), 1e-12, None)
+    return q @ (mass.sum() / (k * mass))
+
+
 def valid_gold_mask(path: Path) -> np.ndarray:
     """Which rows of a split carry an expert (gold check) label; all False without a ``gold`` column."""
     df = pd.read_parquet(path)
