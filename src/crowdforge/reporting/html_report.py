@@ -134,7 +134,9 @@ def key_numbers(reports: Mapping[str, dict[str, Any] | str]) -> list[tuple[str, 
         ("quarantined", "validate", "rows_quarantined"),
         ("gold check accuracy", "reputation", "gold_check_accuracy"),
         (f"{measure} before", "pretrain", "eval_before"), (f"{measure} after", "pretrain", "eval_after"),
-        ("test accuracy", "ensemble", "test_accuracy"), ("test ECE", "ensemble", "test_ece"),
+        ("test accuracy", "ensemble", "test_accuracy"), ("test macro-F1", "ensemble", "test_macro_f1"),
+        ("majority-class accuracy", "ensemble", "test_majority_accuracy"),
+        ("majority-class macro-F1", "ensemble", "test_majority_macro_f1"), ("test ECE", "ensemble", "test_ece"),
     ]
     return [(label, fmt(get(stage, key)), f"{stage}.{key}") for label, stage, key in spec]
 
