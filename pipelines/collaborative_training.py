@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from crowdforge.config import Params, load_params
 from crowdforge.paths import Paths
+from crowdforge.run_lock import run_lock
 from crowdforge.runtime import configure_environment, set_torch_threads
 from crowdforge.stages import STAGES, Stage, fingerprint, outputs_exist
 
@@ -140,7 +141,7 @@ def version_raw_data(root: str) -> dict[str, Any]:
         return {"versioned": False}
 
     def run(*args: str) -> str:
-        proc = subprocess.run([dvc, *args], cwd=root_path, capture_output=True, text=True)
+        proc = subprocess.run([dvc, *args], check=False, cwd=root_path, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"dvc {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
         return proc.stdout.strip()
@@ -160,7 +161,16 @@ def _fresh(fn: Task, stage: Stage, root: Path, force: bool) -> Task:
 @flow(name="collaborative_training", log_prints=True)
 def collaborative_training(params_file: str = "params.yaml", root: str = ".",
                            overrides: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
-    """ingest → validate → reputation → augment → pretrain → finetune (members) → ensemble → register → promote."""
+    """ingest → validate → reputation → augment → pretrain → finetune (members) → ensemble → register → promote.
+
+    Holds the project's run lock (:mod:`crowdforge.run_lock`): a second run on the same project,
+    scheduled or manual, refuses instead of writing the same blackboard.
+    """
+    with run_lock(Paths(Path(root).resolve()), what="collaborative_training flow"):
+        return _pipeline(params_file, root, overrides, force)
+
+
+def _pipeline(params_file: str, root: str, overrides: dict[str, Any] | None, force: bool) -> dict[str, Any]:
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -229,6 +239,4 @@ def build_flow(params: Params):
         except ImportError as exc:  # optional engine, see README
             raise RuntimeError("runtime.task_runner=dask needs `pip install prefect-dask`") from exc
         runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1})
-    else:
-        raise ValueError(f"runtime.task_runner must be threads or dask, got {params.runtime.task_runner!r}")
     return collaborative_training.with_options(task_runner=runner)

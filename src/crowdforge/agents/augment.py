@@ -210,8 +210,6 @@ def build_train_valid(labels: pd.DataFrame, classes: Sequence[str], ap: AugmentP
     unknown = sorted(set(labels["label"]) - set(classes))
     if unknown:
         raise ValueError(f"labels {unknown[:5]} are not among data.classes {list(classes)}")
-    if ap.max_new_per_item < 0 or not 0.0 <= ap.word_dropout < 1.0:
-        raise ValueError("augment.max_new_per_item must be >= 0 and word_dropout in [0, 1)")
     base = labels[["item_id", "text", "label", "confidence", *prob_cols]].copy()
     base["item_id"] = base["item_id"].astype(str)
     base["weight"] = base["confidence"].astype(float)
@@ -219,8 +217,6 @@ def build_train_valid(labels: pd.DataFrame, classes: Sequence[str], ap: AugmentP
     base["source_item_id"] = base["item_id"]
     cols = ["item_id", "text", "label", "confidence", "weight", *prob_cols, "augmented", "source_item_id"]
     base = base[cols]
-    if ap.min_gold_valid < 1:
-        raise ValueError(f"augment.min_gold_valid must be >= 1, got {ap.min_gold_valid}")
     train, valid = split_with_gold(base, classes, checks if checks is not None else pd.Series(dtype=object), ap)
     before = train["label"].value_counts().reindex(list(classes), fill_value=0)
     plan = plan_targets(before, ap.thin_ratio)

@@ -352,8 +352,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     v_texts, q_valid, _, y_valid = load_split(paths.valid, classes)
     valid_logits = ens.member_logits(v_texts)
     target = params.ensemble.calibration_target
-    if target not in ("hard", "soft"):
-        raise ValueError(f"ensemble.calibration_target must be hard|soft, got {target!r}")
     fit_target = np.eye(len(classes))[y_valid] if target == "hard" else q_valid
     gold_rows = valid_gold_mask(paths.valid)
     source, noise = valid_noise(q_valid, y_valid, gold_rows, params.ensemble.noise_aware and target == "hard")
@@ -387,8 +385,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     }
     student, student_info = None, None
     if params.ensemble.distill:
-        if params.ensemble.distill_strategy not in ("head", "partial", "full"):
-            raise ValueError(f"ensemble.distill_strategy must be head|partial|full, got {params.ensemble.distill_strategy!r}")
         train_texts = pd.read_parquet(paths.train, columns=["text"])["text"].astype(str).tolist()
         if params.ensemble.distill_unlabeled and paths.unlabeled.exists():
             gold_texts = pd.read_parquet(paths.gold, columns=["text"])["text"].astype(str).tolist()

@@ -70,9 +70,9 @@ import torch
 
 from crowdforge import io
 from crowdforge.config import MemberParams, Params
+from crowdforge.metrics import headline_metric, majority_baseline
 from crowdforge.modeling.backbone import backbone_fingerprint
 from crowdforge.modeling.classifier import (
-    STRATEGIES,
     FitConfig,
     MeanPoolClassifier,
     cached_embeddings,
@@ -81,7 +81,6 @@ from crowdforge.modeling.classifier import (
     load_encoder,
     new_head,
 )
-from crowdforge.metrics import headline_metric, majority_baseline
 from crowdforge.modeling.members import (
     ENCODER_DIR,
     HEAD_FILE,
@@ -95,19 +94,11 @@ from crowdforge.paths import Paths
 from crowdforge.reports import write_report as _write_report
 from crowdforge.runtime import set_torch_threads
 
-BOOTSTRAP_UNITS = ("row", "contributor")
-
 
 def effective_members(params: Params) -> tuple[MemberParams, ...]:
     """The members as trained: ``finetune.strategy`` (when set) overrides every member's strategy."""
     forced = params.finetune.strategy
-    if forced is not None and forced not in STRATEGIES:
-        raise ValueError(f"finetune.strategy must be null or one of {STRATEGIES}, got {forced!r}")
-    members = tuple(replace(m, strategy=forced) if forced else m for m in params.finetune.members)
-    for m in members:
-        if m.bootstrap_unit not in BOOTSTRAP_UNITS:
-            raise ValueError(f"member {m.name}: bootstrap_unit must be one of {BOOTSTRAP_UNITS}, got {m.bootstrap_unit!r}")
-    return members
+    return tuple(replace(m, strategy=forced) if forced else m for m in params.finetune.members)
 
 
 def member_params(params: Params, name: str) -> MemberParams:

@@ -51,7 +51,7 @@ from crowdforge import io
 from crowdforge.config import Params, ReputationParams
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
-from crowdforge.truth import METHODS, MajorityVote, make_estimator
+from crowdforge.truth import MajorityVote, make_estimator
 from crowdforge.truth.aggregate import model_note, model_report
 from crowdforge.truth.calibration import GOLD_CHECK_MIN_ITEMS, gold_check
 
@@ -292,8 +292,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     """Infer soft labels and contributor reliability; update the ledger; write the report."""
     rp = params.reputation
     classes = list(params.data.classes)
-    if rp.method not in METHODS:
-        raise ValueError(f"reputation.method must be one of {', '.join(METHODS)}, got {rp.method!r}")
     accepted, gold, failures, ledger = _read_inputs(paths)
     missing = {"contributor_id", "item_id", "text", "label"} - set(accepted.columns)
     if missing:

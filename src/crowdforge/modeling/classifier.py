@@ -23,18 +23,19 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
 from torch import nn
 
+from crowdforge.config import Strategy
+from crowdforge.metrics import label_metrics
 from crowdforge.modeling.backbone import backbone_fingerprint
 from crowdforge.modeling.inference import encode_texts, mean_pool
-from crowdforge.metrics import label_metrics
 from crowdforge.modeling.tokens import length_batches, pad_ids, token_ids
 
-STRATEGIES = ("head", "partial", "full")
+STRATEGIES = get_args(Strategy)  # defined once, in crowdforge.config
 
 
 def soft_cross_entropy(
