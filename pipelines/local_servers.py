@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -45,12 +46,22 @@ def wait_until_up(url: str, proc: subprocess.Popen, timeout: float, log: Path) -
     raise TimeoutError(f"no answer from {url} after {timeout:.0f}s; log: {log}")
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: ask the kernel to SIGKILL this process when the process that started it dies."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+def _prctl() -> Any:
+    """libc's ``prctl``, loaded in the parent: the child between fork and exec must not import."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+
+
+_PRCTL = _prctl()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGKILL this process when the process that started it dies (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 @contextlib.contextmanager
@@ -59,7 +70,8 @@ def _server(cmd: list[str], health: str, log: Path, env: dict[str, str], timeout
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                start_new_session=True, preexec_fn=_die_with_parent if bound_to_parent else None)
+                                start_new_session=True,  # the hook only calls prctl, loaded beforehand:
+                                preexec_fn=_die_with_parent if bound_to_parent else None)  # noqa: PLW1509
     try:
         wait_until_up(health, proc, timeout, log)
         yield
