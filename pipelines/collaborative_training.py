@@ -24,7 +24,7 @@ from crowdforge.config import Params, load_params
 from crowdforge.paths import Paths
 from crowdforge.run_lock import run_lock
 from crowdforge.runtime import configure_environment, set_torch_threads
-from crowdforge.stages import STAGES, Stage, fingerprint, outputs_exist
+from crowdforge.stages import STAGES, Stage, fingerprint, outputs_exist, record_run, up_to_date
 
 configure_environment()
 
@@ -66,7 +66,9 @@ def run_stage(name: str, params_file: str, root: str, overrides: dict[str, Any] 
     params, paths = _context(params_file, root, overrides)
     if name in ("pretrain", "ensemble"):
         set_torch_threads(params.runtime.torch_threads)
+    inputs = fingerprint(STAGES[name], params, paths.root)
     report = importlib.import_module(f"crowdforge.agents.{name}").run(params, paths)
+    record_run(STAGES[name], paths.root, inputs)
     _publish(name, report)
     return _brief(report)
 
@@ -122,35 +124,55 @@ def promote(params_file: str, root: str, overrides: dict[str, Any] | None, upstr
     return _brief(report)
 
 
+def _dvc(root: Path) -> Any:
+    """A runner of ``dvc`` commands in ``root``, or ``None`` when ``root`` is not a DVC repository."""
+    import shutil
+    import subprocess
+    import sys
+
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    if not (root / ".dvc").is_dir() or not Path(dvc).exists():
+        return None
+
+    def run(*args: str) -> str:
+        proc = subprocess.run([dvc, *args], check=False, cwd=root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"dvc {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+        return proc.stdout.strip()
+
+    return run
+
+
 @task(retries=1, retry_delay_seconds=5, task_run_name="version-raw-data")
 def version_raw_data(root: str) -> dict[str, Any]:
     """Snapshot ``data/raw`` with DVC (``dvc add`` + ``dvc push``) so each run's input is restorable.
 
     Wiring, not an agent: it only runs when the project is a DVC repository.
     """
-    import shutil
-    import subprocess
-    import sys
-
     from crowdforge.registry.lineage import raw_dvc_md5
 
     root_path = Path(root)
-    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    if not (root_path / ".dvc").is_dir() or not Path(dvc).exists():
+    run = _dvc(root_path)
+    if run is None:
         get_run_logger().warning("%s is not a DVC repository (or dvc is missing): raw data not versioned", root)
         return {"versioned": False}
-
-    def run(*args: str) -> str:
-        proc = subprocess.run([dvc, *args], check=False, cwd=root_path, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"dvc {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-        return proc.stdout.strip()
-
     run("add", "-q", "data/raw")
     pushed = bool(run("remote", "default"))
     if pushed:
         run("push", "-q", "data/raw.dvc")
     return {"versioned": True, "pushed": pushed, "raw_md5": raw_dvc_md5(root_path)}
+
+
+@task(task_run_name="record-in-dvc")
+def record_in_dvc(root: str) -> dict[str, Any]:
+    """``dvc commit`` the stages this run produced (same deps and outs as ``dvc.yaml``), so ``dvc.lock``
+    describes them: afterwards ``dvc status`` is clean and ``dvc repro`` has nothing to do."""
+    root_path = Path(root)
+    run = _dvc(root_path)
+    if run is None or not (root_path / "dvc.yaml").exists():
+        return {"committed": False}
+    run("commit", "-f", "-q")
+    return {"committed": True}
 
 
 def _fresh(fn: Task, stage: Stage, root: Path, force: bool) -> Task:
@@ -184,6 +206,17 @@ def _pipeline(params_file: str, root: str, overrides: dict[str, Any] | None, for
                          "cached": state.name == "Cached", "metrics": result})
         logger.info("%s: %s%s", label, state.name, "" if seconds is None else f" in {seconds:.1f}s")
 
+    def reused(label: str) -> dict[str, Any] | None:
+        """The stage's report when its last run, by this flow or by `dvc repro`, had today's inputs."""
+        if force or not up_to_date(STAGES[label], params, root_path):
+            return None
+        from crowdforge import io
+
+        report = _brief(io.read_json(Paths(root_path).report(label)))
+        timeline.append({"stage": label, "seconds": 0.0, "cached": True, "metrics": report})
+        logger.info("%s: up to date (its last run had the same deps, code and params)", label)
+        return report
+
     def call(label: str, fn: Task, **kwargs: Any) -> dict[str, Any]:
         t0 = time.perf_counter()
         state = fn(return_state=True, **kwargs, **common)
@@ -197,9 +230,22 @@ def _pipeline(params_file: str, root: str, overrides: dict[str, Any] | None, for
 
     prev: Any = None
     for name in ("ingest", "validate", "reputation", "augment", "pretrain"):
-        prev = call(name, _fresh(run_stage, STAGES[name], root_path, force), name=name, upstream=prev)
+        prev = reused(name) or call(name, _fresh(run_stage, STAGES[name], root_path, force), name=name, upstream=prev)
 
+    prev = reused("finetune") or _finetune(params, common, root_path, force, prev, record, timeline)
+    prev = reused("ensemble") or call("ensemble", _fresh(run_stage, STAGES["ensemble"], root_path, force),
+                                      name="ensemble", upstream=prev)
+    prev = call("register", register, upstream=prev, flow_run_id=str(flow_run.id))
+    decision = call("promote", promote, upstream=prev)
+    dvc = record_in_dvc(root=str(root_path))
+    return {"stages": timeline, "model": prev, "promotion": decision, "flow_run_id": str(flow_run.id), "dvc": dvc}
+
+
+def _finetune(params: Params, common: dict[str, Any], root_path: Path, force: bool, prev: Any,
+              record: Any, timeline: list[dict[str, Any]]) -> dict[str, Any]:
+    """The members as concurrent tasks, then the finetune report (recorded as one stage run)."""
     t0 = time.perf_counter()
+    inputs = fingerprint(STAGES["finetune"], params, root_path)
     workers = max(1, params.runtime.max_workers)
     threads = params.runtime.torch_threads or max(1, (os.cpu_count() or 1) // workers)
     # transformers resolves its names lazily, and two threads resolving one at the same time can
@@ -217,15 +263,12 @@ def _pipeline(params_file: str, root: str, overrides: dict[str, Any] | None, for
         members.append(future.state.result())
         cached = future.state.name == "Cached"
         record(f"finetune:{m.name}", None if cached else members[-1].get("seconds"), future.state, members[-1])
-    prev = finetune_report(results=members, **common)
+    report = finetune_report(results=members, **common)
+    record_run(STAGES["finetune"], root_path, inputs)
     timeline.append({"stage": "finetune", "seconds": round(time.perf_counter() - t0, 2),
                      "cached": all(t["cached"] for t in timeline if t["stage"].startswith("finetune:")),
-                     "metrics": prev})
-
-    prev = call("ensemble", _fresh(run_stage, STAGES["ensemble"], root_path, force), name="ensemble", upstream=prev)
-    prev = call("register", register, upstream=prev, flow_run_id=str(flow_run.id))
-    decision = call("promote", promote, upstream=prev)
-    return {"stages": timeline, "model": prev, "promotion": decision, "flow_run_id": str(flow_run.id)}
+                     "metrics": report})
+    return report
 
 
 def build_flow(params: Params):

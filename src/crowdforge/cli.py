@@ -120,12 +120,16 @@ def stage(
         set_torch_threads(p.runtime.torch_threads)
     try:
         with run_lock(paths, what=f"crowdforge stage {name}"):
+            from crowdforge.stages import fingerprint, record_run
+
+            inputs = fingerprint(STAGES[name], p, paths.root)
             if name == "promote":
                 from crowdforge.registry.promote import promote as do_promote
 
                 report = do_promote(p, paths)
             else:
                 report = importlib.import_module(f"crowdforge.agents.{name}").run(p, paths)
+            record_run(STAGES[name], paths.root, inputs)  # the flow reuses what `dvc repro` made
     except RunLocked as exc:
         _fail(str(exc))
     typer.echo(report.get("summary_md", json.dumps(report, indent=2, default=str)))

@@ -148,6 +148,29 @@ def fingerprint(stage: Stage, params: Params, root: Path, extra: dict[str, Any] 
     return h.hexdigest()
 
 
+def _record(root: Path, name: str) -> Path:
+    return root / ".crowdforge" / "stages" / f"{name}.json"
+
+
+def record_run(stage: Stage, root: Path, inputs_fingerprint: str) -> None:
+    """Note that ``stage`` ran on inputs with this fingerprint (taken before it ran). Both drivers
+    write it (the flow's tasks, and ``crowdforge stage``, which ``dvc repro`` calls), so each reuses
+    what the other produced."""
+    from crowdforge import io
+
+    io.write_json(_record(root, stage.name), {"fingerprint": inputs_fingerprint})
+
+
+def up_to_date(stage: Stage, params: Params, root: Path) -> bool:
+    """Whether the stage's outputs exist and its last run (by either driver) had today's deps, code and params."""
+    from crowdforge import io
+
+    file = _record(root, stage.name)
+    if not (outputs_exist(stage, root) and file.exists()):
+        return False
+    return io.read_json(file).get("fingerprint") == fingerprint(stage, params, root)
+
+
 def _is_metrics(out: str) -> bool:
     """Stage reports are DVC metrics, so `dvc exp show` / `dvc metrics diff` list their numbers."""
     return out.startswith("reports/") and out.endswith(".json")

@@ -1,4 +1,6 @@
-"""`dvc repro` runs the same stages in a real git + DVC repository; a second repro runs nothing."""
+"""Both drivers in a real git + DVC repository share one state: after `crowdforge run`, `dvc status` is
+clean and `dvc repro` runs nothing; `dvc repro` runs the same stages, and `crowdforge run` then reuses
+what it produced."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def sh(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PREFECT_HOME": str(cwd / ".crowdforge" / "prefect"),
+           "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(cwd / ".crowdforge" / "prefect-results")}
+    env.pop("PREFECT_API_URL", None)
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
@@ -34,14 +39,25 @@ def test_dvc_repro_twice(tiny_project: Path) -> None:
     sh("dvc", "remote", "add", "-d", "local", str(repo / ".dvc-remote"), cwd=repo)
     sh("dvc", "add", "-q", "data/raw", cwd=repo)
 
-    out = sh("dvc", "repro", cwd=repo)
+    # the Prefect flow first: it leaves dvc.lock behind, so DVC has nothing to do
+    sh("crowdforge", "run", cwd=repo)
+    assert io.read_json(repo / "reports/promote.json")["decision"] == "promoted"
+    assert "up to date" in sh("dvc", "status", cwd=repo)
+    after_flow = sh("dvc", "repro", cwd=repo)
+    assert "Running stage" not in after_flow and "up to date" in after_flow
+
+    out = sh("dvc", "repro", "-f", cwd=repo)  # DVC runs every stage itself (the same agents)
     for stage in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register", "promote"):
         assert f"Running stage '{stage}'" in out
-    assert io.read_json(repo / "reports/promote.json")["decision"] == "promoted"
+    assert io.read_json(repo / "reports/promote.json")["decision"] == "kept"  # the same ensemble, the same version
 
     again = sh("dvc", "repro", cwd=repo)
     assert "Running stage" not in again and "up to date" in again
     assert "up to date" in sh("dvc", "status", cwd=repo)
+    # and the flow reuses what DVC produced
+    sh("crowdforge", "run", cwd=repo)
+    stages = {row["stage"]: row["cached"] for row in io.read_json(repo / "reports/summary.json")["stages"]}
+    assert all(stages[s] for s in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")), stages
     # push / pull round trip: a fresh clone pulls exactly these artifacts from the remote
     sh("dvc", "push", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
