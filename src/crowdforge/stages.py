@@ -59,7 +59,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "augment",
             deps=("data/processed/labels.parquet", "data/interim/gold.parquet"),
-            code=(f"{PKG}/agents/augment.py",),
+            code=(f"{PKG}/agents/augment.py", f"{PKG}/modeling/tokens.py"),
             params=("data", "augment"),
             outs=("data/processed/train_augmented.parquet", "data/processed/valid.parquet",
                   "reports/augment.json"),

@@ -133,3 +133,18 @@ def test_gold_checks_ignore_other_splits_and_unknown_labels():
     assert augment.gold_checks(None, CLASSES).empty
     with pytest.raises(ValueError, match="min_gold_valid"):
         augment.build_train_valid(make_labels(), CLASSES, AugmentParams(min_gold_valid=0))
+
+
+def test_pairs_stay_pairs_when_augmented():
+    import numpy as np
+
+    from crowdforge.agents.augment import augment_text
+
+    rng = np.random.default_rng(0)
+    text = "title sony bravia 40 lcd tv price 999 [SEP] name bravia kdl40 television black"
+    for _ in range(300):
+        out = augment_text(text, rng, 0.3)
+        assert out.count("[SEP]") == 1
+        left, right = out.split("[SEP]")
+        assert set(left.split()) <= set(text.split("[SEP]")[0].split()) | {"cost"}  # no word crossed over
+        assert set(right.split()) <= set(text.split("[SEP]")[1].split()) | {"tv", "set"}

@@ -38,6 +38,7 @@ import pandas as pd
 
 from crowdforge import io
 from crowdforge.config import AugmentParams, Params
+from crowdforge.modeling.tokens import PAIR_SEPARATOR, split_pair
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
 
@@ -83,8 +84,13 @@ def augment_text(text: str, rng: np.random.Generator, word_dropout: float) -> st
     """One augmented variant: word dropout + one adjacent swap + at most one synonym swap.
 
     Protected (negation/contrast) tokens are never dropped and never moved. At least one token is
-    always kept. May return ``text`` unchanged for very short texts; callers filter those.
+    always kept. A pair (``left [SEP] right``, :mod:`crowdforge.modeling.tokens`) is augmented side by
+    side and keeps its separator, so it stays a pair and no word crosses it. May return ``text``
+    unchanged for very short texts; callers filter those.
     """
+    left, right = split_pair(text, [PAIR_SEPARATOR])
+    if right is not None:
+        return f"{augment_text(left, rng, word_dropout)} {PAIR_SEPARATOR} {augment_text(right, rng, word_dropout)}"
     tokens = _TOKEN.findall(text)
     if not tokens:
         return text

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
 from crowdforge import io
@@ -52,7 +53,6 @@ def report_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def _signature(classes: list[str]):
-    import pandas as pd
     from mlflow.models import infer_signature
 
     out = pd.DataFrame({"label": [classes[0]], "confidence": [1.0], **{f"prob_{c}": [0.0] for c in classes}})
@@ -123,6 +123,7 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
                 artifacts={"ensemble": str(paths.ensemble)},
                 code_paths=[str(Path(__file__).resolve().parents[1])],
                 signature=_signature(classes),
+                input_example=pd.DataFrame({"text": ["an example text"]}),
                 pip_requirements=_requirements(),
                 registered_model_name=name,
             )

@@ -8,16 +8,17 @@ whenever the first is long), and every layer attends across the two. Segment (to
 left at 0, as for single texts: the ``[SEP]`` token marks the boundary, as in RoBERTa-style pair
 encoders.
 
-Only the standard library and ``torch`` here: the served model (:mod:`crowdforge.modeling.inference`)
-imports this module.
+Only the standard library here (``torch`` is imported where a tensor is made): the served model
+(:mod:`crowdforge.modeling.inference`) and the augment agent import this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PAIR_SEPARATOR = "[SEP]"
 
@@ -62,6 +63,8 @@ def token_ids(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[lis
 
 def pad_ids(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad token id lists into ``(input_ids, attention_mask)`` tensors."""
+    import torch
+
     width = max(len(x) for x in ids)
     input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(ids), width), dtype=torch.long)

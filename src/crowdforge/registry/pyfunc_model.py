@@ -20,7 +20,9 @@ class CrowdforgeEnsemble(PythonModel):
 
         self.ensemble = load_ensemble(context.artifacts["ensemble"])
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would read them as a schema
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
+        """``pd.DataFrame`` is a hint MLflow accepts without inferring a schema from it: the schema is
+        the signature logged with the model (a ``text`` column in; label, confidence, probabilities out)."""
         if isinstance(model_input, pd.DataFrame):
             if "text" not in model_input.columns:
                 raise ValueError(f"input needs a `text` column, got {list(model_input.columns)}")
