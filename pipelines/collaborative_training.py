@@ -20,6 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from crowdforge import progress
 from crowdforge.config import Params, load_params
 from crowdforge.paths import Paths
 from crowdforge.run_lock import run_lock
@@ -48,6 +49,30 @@ def stage_cache_key(ctx: TaskRunContext, inputs: dict[str, Any]) -> str:
     return f"{inputs['name']}-{member or 'all'}-{key}"
 
 
+def _prefect_progress(key: str, every: float = 2.0) -> Any:
+    """A :mod:`crowdforge.progress` sink that mirrors the agent's progress into a Prefect progress
+    artifact (the UI's view of where a run is), updated at most every ``every`` seconds."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    state: dict[str, Any] = {"id": None, "at": 0.0}
+
+    def send(description: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if state["id"] is not None and done < total and now - state["at"] < every:
+            return
+        state["at"] = now
+        pct = 100.0 * done / max(total, 1)
+        try:
+            if state["id"] is None:
+                state["id"] = create_progress_artifact(pct, key=key, description=description)
+            else:
+                update_progress_artifact(state["id"], pct, description=description)
+        except Exception as exc:  # noqa: BLE001 -- progress must never fail a stage
+            get_run_logger().debug("progress artifact %s not updated: %s", key, exc)
+
+    return send
+
+
 def _publish(stage: str, report: dict[str, Any]) -> None:
     if report.get("summary_md"):
         create_markdown_artifact(markdown=report["summary_md"], key=f"crowdforge-{stage}",
@@ -67,7 +92,8 @@ def run_stage(name: str, params_file: str, root: str, overrides: dict[str, Any] 
     if name in ("pretrain", "ensemble"):
         set_torch_threads(params.runtime.torch_threads)
     inputs = fingerprint(STAGES[name], params, paths.root)
-    report = importlib.import_module(f"crowdforge.agents.{name}").run(params, paths)
+    with progress.sink(_prefect_progress(f"crowdforge-progress-{name}")):
+        report = importlib.import_module(f"crowdforge.agents.{name}").run(params, paths)
     record_run(STAGES[name], paths.root, inputs)
     _publish(name, report)
     return _brief(report)
@@ -79,7 +105,9 @@ def train_member(name: str, member: str, params_file: str, root: str,
     from crowdforge.agents import finetune
 
     params, paths = _context(params_file, root, overrides)
-    return finetune.train_member(params, paths, member, threads=threads)
+    key = "crowdforge-progress-" + "".join(c if c.isalnum() else "-" for c in member.lower())
+    with progress.sink(_prefect_progress(key)):
+        return finetune.train_member(params, paths, member, threads=threads)
 
 
 @task(task_run_name="finetune-report")

@@ -22,6 +22,25 @@ RootOpt = Annotated[Path, typer.Option("--root", help="Project folder holding da
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override a param: section.key=value (YAML value).")]
 
 
+@app.callback()
+def _options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging from crowdforge and Prefect.")] = False,
+) -> None:
+    """Train models you can trust on data that many people contribute."""
+    import logging
+    import os
+
+    if quiet:
+        os.environ["CROWDFORGE_PROGRESS"] = "0"
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        logging.basicConfig(level=logging.WARNING)
+    elif verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "DEBUG")
+        logging.basicConfig(level=logging.DEBUG)
+        logging.getLogger("crowdforge").setLevel(logging.DEBUG)
+
+
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     import yaml
 

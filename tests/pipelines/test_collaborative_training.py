@@ -47,6 +47,15 @@ def test_flow_end_to_end_then_cached(tiny_project: Path, prefect_api) -> None:
     ensemble = io.read_json(paths.report("ensemble"))
     assert 0.0 <= ensemble["test_accuracy"] <= 1.0 and ensemble["test_n"] == params.demo.n_gold_test
 
+    # the agents' progress reached the Prefect UI as progress artifacts, complete
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = ["crowdforge-progress-pretrain", "crowdforge-progress-head-a", "crowdforge-progress-ensemble"]
+    with get_client(sync_client=True) as prefect_client:
+        shown = prefect_client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key for a in shown} == set(keys) and all(a.data == 100.0 for a in shown), [(a.key, a.data) for a in shown]
+
     connect(params, paths)
     client = MlflowClient()
     name = params.register.model_name

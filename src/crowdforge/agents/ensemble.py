@@ -76,6 +76,7 @@ from crowdforge.modeling.members import (
     valid_gold_mask,
 )
 from crowdforge.paths import Paths
+from crowdforge.progress import track
 from crowdforge.registry.lineage import md5_path
 from crowdforge.reports import write_report
 from crowdforge.runtime import set_torch_threads
@@ -350,17 +351,19 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     ens = build_ensemble(params, paths)
 
     v_texts, q_valid, _, y_valid = load_split(paths.valid, classes)
-    valid_logits = ens.member_logits(v_texts)
     target = params.ensemble.calibration_target
     fit_target = np.eye(len(classes))[y_valid] if target == "hard" else q_valid
     gold_rows = valid_gold_mask(paths.valid)
     source, noise = valid_noise(q_valid, y_valid, gold_rows, params.ensemble.noise_aware and target == "hard")
-    calibrate_and_weight(ens, valid_logits, fit_target, params.ensemble.calibrate, noise)
-
-    # --- only now, with everything fitted, touch the frozen test split ---
-    test = gold_test(paths.gold)
-    y_test = _label_index(test["label"], classes)
-    test_logits = ens.member_logits(test["text"].astype(str).tolist())
+    with track(2, "ensemble: score valid, fit, score test") as advance:
+        valid_logits = ens.member_logits(v_texts)
+        calibrate_and_weight(ens, valid_logits, fit_target, params.ensemble.calibrate, noise)
+        advance()
+        # --- only now, with everything fitted, touch the frozen test split ---
+        test = gold_test(paths.gold)
+        y_test = _label_index(test["label"], classes)
+        test_logits = ens.member_logits(test["text"].astype(str).tolist())
+        advance()
 
     def schemes(logits: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raw = [softmax(logits[m.name]) for m in ens.members]

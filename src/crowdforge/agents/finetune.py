@@ -184,7 +184,7 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     cfg = FitConfig(batch_size=ft.batch_size, max_epochs=m.max_epochs or ft.max_epochs,
                     patience=ft.patience, lr_head=ft.lr_head, lr_backbone=ft.lr_backbone, seed=seed,
                     elr_weight=ft.elr_weight if m.strategy != "head" else 0.0,
-                    select_metric=headline_metric(v_y, len(classes)))
+                    select_metric=headline_metric(v_y, len(classes)), name=f"member {m.name}")
     backbone, source = encoder_source(paths, params)
     fingerprint = member_fingerprint(params, paths, m, backbone)
     refined = {"rounds": ft.refine_rounds, "changed": 0.0}

@@ -47,6 +47,7 @@ from crowdforge.config import Params, PretrainParams
 from crowdforge.modeling.backbone import backbone_fingerprint, resolve_backbone
 from crowdforge.modeling.inference import mean_pool
 from crowdforge.paths import Paths
+from crowdforge.progress import track
 from crowdforge.reports import write_report
 from crowdforge.runtime import set_torch_threads
 
@@ -276,34 +277,36 @@ def _pretrain(texts: Sequence[str], cfg: PretrainParams, out_dir: Any, backbone:
     t0 = time.perf_counter()
     model.train()
     step, stopped_by = step0, "max_steps"
-    while step < steps:
-        if cfg.max_seconds > 0 and elapsed0 + time.perf_counter() - t0 >= cfg.max_seconds:
-            stopped_by = "max_seconds"
-            break
-        batch = pad_features(tokenizer, [train_feats[i] for i in step_indices(len(train_feats), cfg.batch_size, cfg.seed, step)])
-        torch.manual_seed(cfg.seed * 7919 + step)  # dropout of this step
-        if mlm:  # dynamic masking: a new mask every draw, seeded by the step
-            batch = mask_tokens(batch, tokenizer, cfg.mlm_probability, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
-            loss, n = mlm_loss_sum(model, batch)
-            loss = loss / max(n, 1)
-        else:
-            n = len(batch["input_ids"])
-            loss = simcse_loss(model, batch, cfg.simcse_temperature) if n > 1 else torch.zeros(())
-        step += 1
-        if n and loss.requires_grad:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            losses.append(float(loss.detach()))
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        if ckpt_file is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < steps:
-            with io.atomic_path(ckpt_file) as tmp:
-                torch.save({"key": key, "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
-                            "sched": sched.state_dict(), "losses": losses, "eval_before": eval_before,
-                            "elapsed": elapsed0 + time.perf_counter() - t0}, tmp)
-            if on_checkpoint is not None:
-                on_checkpoint(step)
+    with track(steps - step, f"pretrain ({cfg.objective})") as advance:
+        while step < steps:
+            if cfg.max_seconds > 0 and elapsed0 + time.perf_counter() - t0 >= cfg.max_seconds:
+                stopped_by = "max_seconds"
+                break
+            batch = pad_features(tokenizer, [train_feats[i] for i in step_indices(len(train_feats), cfg.batch_size, cfg.seed, step)])
+            torch.manual_seed(cfg.seed * 7919 + step)  # dropout of this step
+            if mlm:  # dynamic masking: a new mask every draw, seeded by the step
+                batch = mask_tokens(batch, tokenizer, cfg.mlm_probability, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+                loss, n = mlm_loss_sum(model, batch)
+                loss = loss / max(n, 1)
+            else:
+                n = len(batch["input_ids"])
+                loss = simcse_loss(model, batch, cfg.simcse_temperature) if n > 1 else torch.zeros(())
+            step += 1
+            if n and loss.requires_grad:
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                losses.append(float(loss.detach()))
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            advance()
+            if ckpt_file is not None and cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < steps:
+                with io.atomic_path(ckpt_file) as tmp:
+                    torch.save({"key": key, "step": step, "model": model.state_dict(), "opt": opt.state_dict(),
+                                "sched": sched.state_dict(), "losses": losses, "eval_before": eval_before,
+                                "elapsed": elapsed0 + time.perf_counter() - t0}, tmp)
+                if on_checkpoint is not None:
+                    on_checkpoint(step)
     train_seconds = elapsed0 + time.perf_counter() - t0
     eval_after = evaluate()
 

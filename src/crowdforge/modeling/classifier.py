@@ -34,6 +34,7 @@ from crowdforge.metrics import label_metrics
 from crowdforge.modeling.backbone import backbone_fingerprint
 from crowdforge.modeling.inference import encode_texts, mean_pool
 from crowdforge.modeling.tokens import length_batches, pad_ids, token_ids
+from crowdforge.progress import track
 
 STRATEGIES = get_args(Strategy)  # defined once, in crowdforge.config
 
@@ -246,6 +247,7 @@ class FitConfig:
     elr_weight: float = 0.0  # early-learning regularisation (Liu et al. 2020); 0 = off
     elr_beta: float = 0.7  # EMA factor of each example's target in ELR
     select_metric: str = "accuracy"  # early stopping keeps the epoch best on this valid metric (or macro_f1)
+    name: str = "model"  # what the progress bar calls it
 
 
 @dataclass
@@ -373,9 +375,12 @@ def _early_stopping(
         rng = np.random.default_rng([cfg.seed, epoch])
         torch.manual_seed(cfg.seed * 7919 + epoch)  # dropout of this epoch
         t0 = time.perf_counter()
-        for idx in batch_order(n_train, cfg.batch_size, rng, lengths if cfg.length_grouped else None):
-            train_step(idx)
-            loop["seen"] += len(idx)
+        batches = batch_order(n_train, cfg.batch_size, rng, lengths if cfg.length_grouped else None)
+        with track(len(batches), f"{cfg.name} epoch {epoch}/{cfg.max_epochs}") as advance:
+            for idx in batches:
+                train_step(idx)
+                loop["seen"] += len(idx)
+                advance()
         loop["train_seconds"] += time.perf_counter() - t0
         score, nll, acc = evaluate()
         loop["history"].append({"epoch": epoch, "valid_accuracy": acc, "valid_nll": nll,

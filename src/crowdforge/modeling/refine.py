@@ -22,6 +22,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from crowdforge.progress import track
+
 
 def out_of_fold_probs(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], folds: int,
                       seed: int, c_reg: float = 0.1) -> np.ndarray:
@@ -60,9 +62,11 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
     prior = np.clip(q.mean(0), 1e-6, None)
     likelihood = q / prior  # L_i(c) up to a constant per item
     r = q
-    for step in range(rounds):
-        p = out_of_fold_probs(np.asarray(x, dtype=np.float64), r, np.asarray(w, dtype=np.float64), groups, folds,
-                              seed + step)
-        r = p * likelihood
-        r = r / np.clip(r.sum(1, keepdims=True), 1e-12, None)
+    with track(rounds, f"label refinement ({folds} folds per round)") as advance:
+        for step in range(rounds):
+            p = out_of_fold_probs(np.asarray(x, dtype=np.float64), r, np.asarray(w, dtype=np.float64), groups,
+                                  folds, seed + step)
+            r = p * likelihood
+            r = r / np.clip(r.sum(1, keepdims=True), 1e-12, None)
+            advance()
     return r

@@ -20,7 +20,7 @@ class CrowdforgeEnsemble(PythonModel):
 
         self.ensemble = load_ensemble(context.artifacts["ensemble"])
 
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:  # noqa: ANN001
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """``pd.DataFrame`` is a hint MLflow accepts without inferring a schema from it: the schema is
         the signature logged with the model (a ``text`` column in; label, confidence, probabilities out)."""
         if isinstance(model_input, pd.DataFrame):
