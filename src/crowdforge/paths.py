@@ -1,4 +1,4 @@
-"""The blackboard: every artifact an agent reads or writes, named once (see DESIGN.md)."""
+"""The blackboard: every artifact an agent reads or writes, named once."""
 
 from __future__ import annotations
 

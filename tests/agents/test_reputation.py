@@ -74,7 +74,6 @@ def test_run_end_to_end(tmp_path):
     acc = (labels.set_index("item_id")["label"].reindex(truth.index) == truth).mean()
     assert acc > 0.85
     assert rep["gold_check_accuracy"] is not None and 0.7 < rep["gold_check_accuracy"] < 1.0
-    assert rep["gold_accuracy"] == rep["gold_check_accuracy"]
     assert rep["gold_check_accuracy"] >= rep["majority_vote_gold_check_accuracy"]
     # the confidence handed to finetune, scored on gold hidden a fifth at a time
     check = rep["confidence_check"]

@@ -303,13 +303,6 @@ def write_submissions(path: Path, rows: Iterable[dict[str, Any]], chunk_rows: in
     return n
 
 
-def collect_contributions(contrib_dir: Path, root: Path, cfg: IngestParams | None = None) -> tuple[pd.DataFrame, IngestStats]:
-    """All submissions as one frame (small inputs and tests; ``run`` streams instead)."""
-    stats = IngestStats()
-    rows = list(iter_submissions(contrib_dir, root, cfg or IngestParams(), stats))
-    return normalise_submissions(pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)), stats
-
-
 def normalise_submissions(df: pd.DataFrame) -> pd.DataFrame:
     """Fixed column order and types: strings (nullable) and an int64 ``source_line``."""
     out = df.reindex(columns=SUBMISSION_COLUMNS).copy()

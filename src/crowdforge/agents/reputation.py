@@ -348,7 +348,6 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "n_test_rows_excluded": n_test_rows,
         "gold_check_items": len(check_in_crowd),
         "gold_check_accuracy": gold_acc,
-        "gold_accuracy": gold_acc,
         "majority_vote_gold_check_accuracy": mv_gold_acc,
         "majority_vote_agreement": float((labels["label"].to_numpy() == mv_labels).mean()),
         "mean_confidence": float(labels["confidence"].mean()),

@@ -12,8 +12,8 @@ This is the E-step of Raykar et al. 2010 ("Learning From Crowds", JMLR), where t
 replaces the class prior. To keep an item's own (noisy) label from vouching for itself, ``p`` is
 *out-of-fold*: a logistic regression on the frozen encoder's cached sentence embeddings, trained
 on the other folds (grouped by source item, so augmented copies stay with their original).
-Repeating with the refined labels as targets is one more EM round. On the benchmark's SST-2 crowd
-this raised the training labels' accuracy from 82.5 % (Dawid-Skene) to 87.3 % after two rounds.
+Repeating with the refined labels as targets is one more EM round (how much it lifts the training
+labels' accuracy is in BENCHMARKS.md, learning).
 """
 
 from __future__ import annotations

@@ -28,13 +28,14 @@ import pandas as pd
 from crowdforge import io
 from crowdforge.config import Params
 from crowdforge.paths import Paths
+from crowdforge.truth.calibration import REPORT_ECE_BINS, confidence_ece
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 REPORT_FILE = "run_report.html"
 N_LABELLED = 5  # contributors named at each end of the reliability plot
-N_BINS = 10  # calibration bins: the same equal-width bins as the ensemble agent's ECE
+N_BINS = REPORT_ECE_BINS  # calibration bins: the same equal-width bins as the ensemble report's ECE
 
 
 class Unavailable(Exception):
@@ -156,10 +157,6 @@ def calibration_bins(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 
     return pd.DataFrame(rows, columns=["lo", "hi", "n", "confidence", "accuracy"])
 
 
-def ece(bins: pd.DataFrame) -> float:
-    return float((bins["n"] / bins["n"].sum() * (bins["accuracy"] - bins["confidence"]).abs()).sum())
-
-
 # --- figures (pure: data in, matplotlib Figure out) ----------------------------------------------
 
 
@@ -273,7 +270,7 @@ def accuracy_figure(ensemble_report: Mapping[str, Any]) -> Figure:
     return fig
 
 
-def calibration_figure(bins: pd.DataFrame) -> Figure:
+def calibration_figure(bins: pd.DataFrame, ece: float) -> Figure:
     """Reliability diagram (Guo et al. 2017): accuracy bars per confidence bin, the bin's mean
     confidence as a red mark, over a histogram of how many items fall in each bin."""
     fig = _figure(5.2, 5.0)
@@ -284,7 +281,7 @@ def calibration_figure(bins: pd.DataFrame) -> Figure:
     top.bar(centre, bins["accuracy"], width=width, color="#4c72b0", label="accuracy in bin")
     top.hlines(bins["confidence"], centre - width / 2, centre + width / 2, color="#c44e52", lw=2.5,
                label="mean confidence in bin")
-    top.set(ylim=(0, 1.02), ylabel="accuracy", title=f"ECE {ece(bins):.3f} ({int(bins['n'].sum())} items)")
+    top.set(ylim=(0, 1.02), ylabel="accuracy", title=f"ECE {ece:.3f} ({N_BINS} bins, {int(bins['n'].sum())} items)")
     top.legend(fontsize=8, loc="upper left")
     bottom.bar(centre, bins["n"], width=width, color="#999999")
     bottom.set(xlim=(0, 1), xlabel="ensemble confidence", ylabel="items")
@@ -361,7 +358,8 @@ def sections(paths: Paths, classes: Sequence[str], reports: Mapping[str, dict[st
     def calibration() -> Figure:
         p = _frame(preds)
         correct = (p["label"] == p["gold"]).to_numpy(float)
-        return calibration_figure(calibration_bins(p["confidence"].to_numpy(float), correct))
+        conf = p["confidence"].to_numpy(float)
+        return calibration_figure(calibration_bins(conf, correct), confidence_ece(conf, correct, N_BINS))
 
     return [
         render_section("Contributor reliability", (

@@ -112,18 +112,24 @@ def fit_temperature_predictive(L_other: np.ndarray, lik: np.ndarray, log_p: np.n
     return s if nll(s) < nll(1.0) - 1e-9 else 1.0
 
 
+REPORT_ECE_BINS = 10  # the bins of every ECE a pipeline report shows (ensemble report, run report)
+
+
 def expected_calibration_error(probas: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
     r"""ECE of the arg-max confidence: :math:`\sum_b \frac{|B_b|}{n}\,|\mathrm{acc}(B_b)-\mathrm{conf}(B_b)|`
     over ``n_bins`` equal-width confidence bins (Naeini et al., AAAI 2015; Guo et al., 2017)."""
     probas = np.asarray(probas, float)
-    y = np.asarray(y)
-    if len(y) == 0:
+    return confidence_ece(probas.max(axis=1), probas.argmax(axis=1) == np.asarray(y), n_bins)
+
+
+def confidence_ece(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    """The ECE of confidences and whether each answer was right (bins ``(lo, hi]``, the first closed at 0)."""
+    conf, correct = np.asarray(conf, float), np.asarray(correct, float)
+    if len(conf) == 0:
         return float("nan")
-    conf = probas.max(axis=1)
-    correct = probas.argmax(axis=1) == y
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
     gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins) - np.bincount(bins, weights=conf, minlength=n_bins))
-    return float(gap.sum() / len(y))
+    return float(gap.sum() / len(conf))
 
 
 def ece_sampling_floor(probas: np.ndarray, ece: float | None = None, n_bins: int = 15, draws: int = 2000,

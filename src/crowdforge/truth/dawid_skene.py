@@ -55,9 +55,7 @@ class DawidSkene(FitPredict):
        labels is pulled toward that target with weight :math:`\tau/(n+\tau)`: sparse workers
        behave like a one-coin model (few parameters), prolific workers keep their full confusion
        matrix (in the spirit of hierarchical DS, e.g. Raykar et al. JMLR 2010, and Kim &
-       Ghahramani's IBCC, AISTATS 2012). On the eight real crowds of
-       ``../shared/datasets/truth_inference`` the defaults (:math:`\alpha=1, \tau=3`, population)
-       match or beat crowd-kit's plain DS on 7 of 8 and trail by 0.1 pt on the eighth;
+       Ghahramani's IBCC, AISTATS 2012); the comparison with crowd-kit's plain DS is in BENCHMARKS.md;
     3. ``worker_prior``: per-worker pseudo-counts (e.g. a contributor's track record from past
        runs) added to the expected counts as-is.
 
