@@ -8,6 +8,17 @@ from pathlib import Path
 import pandas as pd
 
 
+def text_key(text: object) -> str:
+    """Case- and whitespace-folded text: the one key by which the test-split guards (no test sentence
+    in training, pretraining or distillation) and the duplicate check recognise the same text."""
+    return " ".join(str(text).split()).casefold()
+
+
+def text_keys(texts: pd.Series) -> pd.Series:
+    """:func:`text_key` of every text (missing texts give the empty key)."""
+    return texts.fillna("").astype(str).str.split().str.join(" ").str.casefold()
+
+
 def gold_test(gold_parquet: Path) -> pd.DataFrame:
     gold = pd.read_parquet(gold_parquet)
     test = gold[gold["split"] == "test"].sort_values("item_id").reset_index(drop=True)

@@ -43,7 +43,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "validate",
             deps=("data/interim/submissions.parquet",),
-            code=(f"{PKG}/agents/validate.py", f"{PKG}/ingestion", f"{PKG}/safety.py"),
+            code=(f"{PKG}/agents/validate.py", f"{PKG}/ingestion", f"{PKG}/safety.py", f"{PKG}/gold.py"),
             params=("data", "validate"),
             outs=("data/interim/accepted.parquet", "data/quarantine", "reports/validate.json",
                   "reports/data_docs"),
@@ -51,7 +51,7 @@ STAGES: dict[str, Stage] = {
         Stage(
             "reputation",
             deps=("data/interim/accepted.parquet", "data/interim/gold.parquet", "reports/validate.json"),
-            code=(f"{PKG}/agents/reputation.py", f"{PKG}/truth"),
+            code=(f"{PKG}/agents/reputation.py", f"{PKG}/truth", f"{PKG}/gold.py"),
             params=("data", "reputation"),
             outs=("data/processed/labels.parquet", "reports/reputation.json"),
             persist=("data/reputation/ledger.parquet",),
@@ -68,7 +68,7 @@ STAGES: dict[str, Stage] = {
             "pretrain",
             deps=("data/interim/unlabeled.parquet", "data/interim/accepted.parquet",
                   "data/interim/gold.parquet"),
-            code=(f"{PKG}/agents/pretrain.py", f"{PKG}/modeling"),
+            code=(f"{PKG}/agents/pretrain.py", f"{PKG}/modeling", f"{PKG}/gold.py"),
             params=("pretrain",),
             outs=("models/pretrained", "reports/pretrain.json"),
         ),

@@ -61,7 +61,7 @@ import pandas as pd
 
 from crowdforge import io
 from crowdforge.config import Params
-from crowdforge.gold import gold_test, test_set_hash
+from crowdforge.gold import gold_test, test_set_hash, text_key
 from crowdforge.metrics import evaluate, label_metrics
 from crowdforge.modeling.backbone import resolve_backbone
 from crowdforge.modeling.inference import Ensemble, Member, softmax
@@ -297,19 +297,15 @@ def distill_student(ens: Ensemble, params: Params, train_texts: Sequence[str], v
     return student, info
 
 
-def _norm(text: str) -> str:
-    return " ".join(str(text).split()).casefold()
-
-
 def student_corpus(train_texts: Sequence[str], unlabeled: Sequence[str], held_out: Sequence[str]) -> list[str]:
     """The student's texts: the training texts, then the unlabelled ones (self-training: the
     teacher labels text no one labelled), deduplicated (whitespace/case-insensitively), minus every
     ``held_out`` text (valid and gold items: the student must not fit what calibrates or tests it)."""
-    forbidden = {_norm(t) for t in held_out}
+    forbidden = {text_key(t) for t in held_out}
     seen: set[str] = set()
     out: list[str] = []
     for t in [*train_texts, *unlabeled]:
-        key = _norm(t)
+        key = text_key(t)
         if key and key not in seen and key not in forbidden:
             seen.add(key)
             out.append(str(t))

@@ -44,16 +44,13 @@ import torch
 
 from crowdforge import io
 from crowdforge.config import Params, PretrainParams
+from crowdforge.gold import text_key
 from crowdforge.modeling.backbone import backbone_fingerprint, resolve_backbone
 from crowdforge.modeling.inference import mean_pool
 from crowdforge.paths import Paths
 from crowdforge.progress import track
 from crowdforge.reports import write_report
 from crowdforge.runtime import set_torch_threads
-
-
-def _norm(text: str) -> str:
-    return " ".join(str(text).split()).lower()
 
 
 def collect_corpus(
@@ -63,14 +60,14 @@ def collect_corpus(
     minus any text equal to a gold ``test`` item's text."""
     forbidden: set[str] = set()
     if gold is not None and len(gold):
-        forbidden = {_norm(t) for t in gold.loc[gold["split"] == "test", "text"].dropna()}
+        forbidden = {text_key(t) for t in gold.loc[gold["split"] == "test", "text"].dropna()}
     seen: set[str] = set()
     corpus: list[str] = []
     for df in (unlabeled, accepted):
         if df is None or "text" not in df:
             continue
         for t in df["text"].dropna().astype(str):
-            key = _norm(t)
+            key = text_key(t)
             if key and key not in seen and key not in forbidden:
                 seen.add(key)
                 corpus.append(t.strip())

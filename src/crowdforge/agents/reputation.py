@@ -49,6 +49,7 @@ import pandas as pd
 
 from crowdforge import io
 from crowdforge.config import Params, ReputationParams
+from crowdforge.gold import text_keys
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
 from crowdforge.truth import MajorityVote, make_estimator
@@ -62,18 +63,13 @@ LEDGER_COLUMNS = [
 
 
 # ---------------------------------------------------------------------------- pure functions
-def normalise_text(text: pd.Series) -> pd.Series:
-    """Case- and whitespace-insensitive text key used to recognise the same sentence."""
-    return text.fillna("").astype(str).str.casefold().str.split().str.join(" ")
-
-
 def exclude_test_items(accepted: pd.DataFrame, gold: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """Drop rows whose item is a gold ``test`` item, by item_id or by identical normalised text."""
     test = gold[gold["split"] == "test"]
     if test.empty:
         return accepted, 0
     by_id = accepted["item_id"].isin(set(test["item_id"]))
-    by_text = normalise_text(accepted["text"]).isin(set(normalise_text(test["text"])))
+    by_text = text_keys(accepted["text"]).isin(set(text_keys(test["text"])))
     drop = by_id | by_text
     return accepted[~drop].reset_index(drop=True), int(drop.sum())
 

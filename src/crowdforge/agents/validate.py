@@ -58,6 +58,7 @@ import pandas as pd
 
 from crowdforge import io
 from crowdforge.config import Params
+from crowdforge.gold import text_keys
 from crowdforge.ingestion.privacy import KINDS as PII_KINDS
 from crowdforge.ingestion.privacy import find_pii, pii_report
 from crowdforge.ingestion.privacy import mask as mask_text
@@ -117,11 +118,6 @@ def row_frame(subs: pd.DataFrame, policy: str) -> pd.DataFrame:
     return pd.concat([frame, pii_columns(frame["text"], policy)], axis=1)
 
 
-def fold_text(text: pd.Series) -> pd.Series:
-    """Case and whitespace folded text: the key of ``duplicate_text``."""
-    return text.str.casefold().str.split().str.join(" ")
-
-
 def duplicate_frame(frame: pd.DataFrame, ok: np.ndarray) -> pd.DataFrame:
     """The frame suite 2 validates, computed over the rows that passed suite 1 (``ok``) only.
 
@@ -138,7 +134,7 @@ def duplicate_frame(frame: pd.DataFrame, ok: np.ndarray) -> pd.DataFrame:
         first = occ == 0
         keep = idx[first[idx]]
         text = frame["masked_text"].iloc[keep].where(frame["masked_text"].iloc[keep].notna(), frame["text"].iloc[keep])
-        key = fold_text(text)
+        key = text_keys(text)
         items = frame["item_id"].iloc[keep]
         canonical = items.groupby(key.to_numpy(), sort=False).transform("first")
         differs = (items.to_numpy() != canonical.to_numpy())
