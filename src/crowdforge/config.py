@@ -22,9 +22,11 @@ import yaml
 from pydantic import ConfigDict, Field, StrictBool, ValidationError, field_validator
 from pydantic.dataclasses import dataclass
 
+from crowdforge.modeling.strategies import STRATEGIES
+
 _CONFIG = ConfigDict(extra="forbid")
 
-Strategy = Literal["head", "partial", "full"]  # how much of the encoder a member trains
+Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]  # how much of the encoder a member trains
 PositiveInt = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 

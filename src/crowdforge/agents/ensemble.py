@@ -73,6 +73,7 @@ from crowdforge.modeling.members import (
     load_split,
     valid_gold_mask,
 )
+from crowdforge.modeling.strategies import strategy
 from crowdforge.paths import Paths
 from crowdforge.progress import track
 from crowdforge.registry.lineage import md5_path
@@ -278,7 +279,7 @@ def distill_student(ens: Ensemble, params: Params, train_texts: Sequence[str], v
     encoder, tokenizer = load_encoder(encoder_source)
     head = new_head(int(encoder.config.hidden_size), len(classes), cfg.seed)
     w = np.ones(len(train_texts))
-    if ep.distill_strategy == "head":
+    if strategy(ep.distill_strategy).embeddings_only:
         x = encode_texts(encoder, tokenizer, list(train_texts), ft.max_length)
         xv = encode_texts(encoder, tokenizer, list(valid_texts), ft.max_length)
         result = fit_head(head, x, q, w, xv, y_valid, q_valid, cfg)

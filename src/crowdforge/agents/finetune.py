@@ -72,6 +72,7 @@ from crowdforge.modeling.classifier import (
     FitConfig,
     MeanPoolClassifier,
     cached_embeddings,
+    encoder_layers,
     fit_classifier,
     fit_head,
     load_encoder,
@@ -86,6 +87,7 @@ from crowdforge.modeling.members import (
     load_split,
 )
 from crowdforge.modeling.refine import refine_soft_labels
+from crowdforge.modeling.strategies import strategy
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report as _write_report
 from crowdforge.runtime import set_torch_threads
@@ -179,7 +181,7 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     v_texts, v_q, _, v_y = load_split(paths.valid, classes)
     cfg = FitConfig(batch_size=ft.batch_size, max_epochs=m.max_epochs or ft.max_epochs,
                     patience=ft.patience, lr_head=ft.lr_head, lr_backbone=ft.lr_backbone, seed=seed,
-                    elr_weight=ft.elr_weight if m.strategy != "head" else 0.0,
+                    elr_weight=ft.elr_weight if strategy(m.strategy).trains_encoder else 0.0,
                     select_metric=headline_metric(v_y, len(classes)), name=f"member {m.name}")
     backbone, source = encoder_source(paths, params)
     fingerprint = member_fingerprint(params, paths, m, backbone)
@@ -207,7 +209,7 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     w[rows] = w[rows] * balance
 
     fallback: dict[str, Any] | None = None
-    if m.strategy == "head":  # the encoder is loaded only on a cache miss
+    if strategy(m.strategy).embeddings_only:  # the encoder is loaded only on a cache miss
         cache = paths.cache / "embeddings"
         x = cached_embeddings(backbone, texts, ft.max_length, cache)[rows]
         xv = cached_embeddings(backbone, v_texts, ft.max_length, cache)
@@ -228,9 +230,10 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
                                 cache_frozen=ft.cache_frozen, checkpoint_path=ckpt, checkpoint_key=fingerprint,
                                 on_epoch=on_epoch)
         baseline = majority_baseline(v_y, len(classes))[cfg.select_metric]
-        if m.strategy == "partial" and ft.full_if_nothing_learned and result.valid_score <= baseline:
+        trains_all = model.n_trainable_layers == len(encoder_layers(model.encoder))
+        if not trains_all and ft.full_if_nothing_learned and result.valid_score <= baseline:
             # the top layers could not learn the task from this encoder: train every layer instead
-            fallback = {"from": "partial", "valid_score": result.valid_score, "majority_baseline": baseline}
+            fallback = {"from": m.strategy, "valid_score": result.valid_score, "majority_baseline": baseline}
             if ckpt is not None:
                 ckpt.unlink(missing_ok=True)
             encoder, tokenizer = load_encoder(backbone)
@@ -253,7 +256,7 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         "max_length": ft.max_length,
         "hidden_size": hidden,
         "head": HEAD_FILE,
-        "encoder": {"kind": "trained", "path": ENCODER_DIR} if m.strategy != "head" else source,
+        "encoder": {"kind": "trained", "path": ENCODER_DIR} if strategy(m.strategy).trains_encoder else source,
         "initial_encoder": source,
         "valid_accuracy": result.valid_accuracy,
         "valid_nll": result.valid_nll,
@@ -278,12 +281,12 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     }
     with io.atomic_dir(paths.member(m.name)) as tmp:
         save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
-        if m.strategy != "head":
+        if strategy(m.strategy).trains_encoder:
             encoder.save_pretrained(tmp / ENCODER_DIR)
             tokenizer.save_pretrained(tmp / ENCODER_DIR)
         info["seconds"] = round(time.perf_counter() - start, 3)
         io.write_json(tmp / MEMBER_FILE, info)
-    if m.strategy != "head" and ft.checkpoint:
+    if strategy(m.strategy).trains_encoder and ft.checkpoint:
         ckpt.unlink(missing_ok=True)  # the member is saved: its epoch checkpoint is spent
     return info
 

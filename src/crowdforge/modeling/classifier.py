@@ -23,20 +23,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from crowdforge.config import Strategy
 from crowdforge.metrics import label_metrics
 from crowdforge.modeling.backbone import backbone_fingerprint
 from crowdforge.modeling.inference import encode_texts, mean_pool
+from crowdforge.modeling.strategies import STRATEGIES as STRATEGY_REGISTRY
+from crowdforge.modeling.strategies import strategy as get_strategy
 from crowdforge.modeling.tokens import length_batches, pad_ids, token_ids
 from crowdforge.progress import track
 
-STRATEGIES = get_args(Strategy)  # defined once, in crowdforge.config
+STRATEGIES = tuple(STRATEGY_REGISTRY)
 
 
 def soft_cross_entropy(
@@ -100,24 +101,21 @@ class MeanPoolClassifier(nn.Module):
 
     def set_strategy(self, strategy: str, unfreeze_layers: int = 2) -> int:
         """Freeze the encoder according to ``strategy``; returns the number of trainable parameters."""
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy {strategy!r} is not one of {STRATEGIES}")
-        trainable = strategy == "full"
+        spec = get_strategy(strategy)
         self.strategy = strategy
-        n_layers = len(encoder_layers(self.encoder))
-        self.n_trainable_layers = {"full": n_layers, "head": 0}.get(strategy, max(0, min(int(unfreeze_layers), n_layers)))
+        layers = encoder_layers(self.encoder)
+        k = spec.trainable_layers(len(layers), unfreeze_layers)
+        self.n_trainable_layers = k
+        everything = k == len(layers)
         for p in self.encoder.parameters():
-            p.requires_grad_(trainable)
+            p.requires_grad_(everything)
         self._frozen = []
-        if strategy == "partial":
-            layers = encoder_layers(self.encoder)
-            k = max(0, min(int(unfreeze_layers), len(layers)))
+        if not everything:  # the embeddings and the lower blocks stay frozen (all of the encoder when k == 0)
             for layer in layers[len(layers) - k :]:
                 for p in layer.parameters():
                     p.requires_grad_(True)
-            self._frozen = [m for m in (getattr(self.encoder, "embeddings", None), *layers[: len(layers) - k]) if m is not None]
-        elif strategy == "head":
-            self._frozen = [self.encoder]
+            self._frozen = ([self.encoder] if k == 0 else
+                            [m for m in (getattr(self.encoder, "embeddings", None), *layers[: len(layers) - k]) if m is not None])
         for p in self.head.parameters():
             p.requires_grad_(True)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -475,7 +473,7 @@ def fit_classifier(
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     layers = encoder_layers(model.encoder)
     k = model.n_trainable_layers
-    use_cache = cache_frozen and model.strategy == "partial" and k < len(layers)
+    use_cache = cache_frozen and 0 < k < len(layers)
     top = layers[len(layers) - k :]
 
     if use_cache:
