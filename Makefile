@@ -1,4 +1,4 @@
-# Two commands: `make run` (set-up + the demo pipeline) and `make test` (set-up + the test suite).
+# Two commands: `make run` (set-up + the demo pipeline) and `make test` (set-up + `make lint` + the test suite).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME := $(abspath .crowdforge/prefect)
 
-.PHONY: setup run data test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning bench-runners
+.PHONY: setup run data lint test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning bench-runners
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -32,7 +32,10 @@ data: setup  ## demo data (if data/raw holds none)
 run: data  ## the Prefect flow collaborative_training on the embedded defaults (versions data/raw with DVC first)
 	crowdforge run
 
-test: setup  ## the test suite (includes the whole flow and `dvc repro` on tiny data)
+lint: setup  ## ruff on src, pipelines, tests and bench (pyproject.toml [tool.ruff])
+	ruff check src pipelines tests bench
+
+test: lint  ## ruff, then the test suite (includes the whole flow and `dvc repro` on tiny data)
 	pytest -q
 
 repro: data  ## the same stages through DVC

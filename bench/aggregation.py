@@ -264,11 +264,12 @@ def part_confidence() -> pd.DataFrame:
         pred = pd.Series(np.asarray(P.columns)[P.to_numpy().argmax(axis=1)], index=truth.index)
         err = pred.to_numpy() != truth.to_numpy()
 
+        # called below in the same iteration, so the loop variables it reads are this crowd's (B023)
         def agreeing_on_wrong(labels: pd.DataFrame) -> np.ndarray:
-            share = (labels["label"].to_numpy() == pred.reindex(labels["task"]).to_numpy())
+            share = (labels["label"].to_numpy() == pred.reindex(labels["task"]).to_numpy())  # noqa: B023
             by_task = pd.DataFrame({"task": labels["task"].to_numpy(), "same": share}).groupby("task")["same"]
             ok = (by_task.mean() >= 0.75) & (by_task.size() >= 3)
-            return err & ok.reindex(truth.index, fill_value=False).to_numpy()
+            return err & ok.reindex(truth.index, fill_value=False).to_numpy()  # noqa: B023
 
         trusted = lab[lab["worker"].map(est.worker_accuracy_).to_numpy() >= 0.6]
         hi = conf >= 0.95
@@ -343,7 +344,7 @@ def part_track_record(n_seeds: int = 3) -> pd.DataFrame:
         truth = r2.truth[r2.truth.index.isin(set(r2.labels["task"]))]
         fresh = StackedDawidSkene(classes=classes).fit(r2.labels)
         hist = StackedDawidSkene(classes=classes).fit(r2.labels, worker_prior=wp)
-        acc = lambda e: float((e.labels_.reindex(truth.index) == truth).mean())
+        acc = lambda e: float((e.labels_.reindex(truth.index) == truth).mean())  # noqa: B023 (this iteration's)
         from crowdforge.truth import MajorityVote
 
         rows.append({"seed": seed, "round2_labels": len(r2.labels), "round2_items": len(truth),
@@ -368,7 +369,8 @@ def goals(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataFr
     if shared is not None:
         acc = shared.pivot(index="crowd", columns="method", values="acc")
         ours, pick = loco(acc)
-        out.append(f"- The default's one compared design choice ({' vs '.join(VARIANTS)}) is chosen leave-one-crowd-out: "
+        out.append(f"- The default's one compared design choice ({' vs '.join(VARIANTS)}) is chosen "
+                   "leave-one-crowd-out: "
                    + ", ".join(f"{v} for {(pick == v).sum()} crowds" for v in VARIANTS) + "; the figures below use it.")
         beats = [("cf dawid_skene", ours.mean(), acc["cf dawid_skene"].mean(), len(ours))]
         for m in CK:
@@ -376,7 +378,8 @@ def goals(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataFr
             beats.append((m, ours[have].mean(), acc.loc[have, f"ck {m}"].mean(), len(have)))
         ok = all(o > c for _, o, c, _ in beats)
         worst = min(beats, key=lambda b: b[1] - b[2])
-        out.append(f"- Mean accuracy above every crowd-kit method's mean and our dawid_skene: {mark(ok)} (cf auto {ours.mean():.4f} over "
+        out.append(f"- Mean accuracy above every crowd-kit method's mean and our dawid_skene: {mark(ok)} "
+                   f"(cf auto {ours.mean():.4f} over "
                    f"{len(ours)} crowds; closest: {worst[0]} {worst[2]:.4f} vs cf auto {worst[1]:.4f} on the "
                    f"{worst[3]} crowds it finished).")
         gap = 100 * (ours - acc[[f"ck {m}" for m in CK]].max(axis=1))
@@ -389,7 +392,8 @@ def goals(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataFr
                 r = w["ck DawidSkene"] / w["cf auto"]
                 out.append(f"- At least 3x faster than crowd-kit DawidSkene at {n:,} labels: "
                            f"{mark(r >= 3) if n == 1_000_000 else f'(goal set at 1M) {r:.1f}x'}"
-                           + (f" ({r:.1f}x: {w['cf auto']:.2f} s vs {w['ck DawidSkene']:.2f} s)" if n == 1_000_000 else ""))
+                           + (f" ({r:.1f}x: {w['cf auto']:.2f} s vs {w['ck DawidSkene']:.2f} s)"
+                              if n == 1_000_000 else ""))
         big = syn[(syn["n_labels"] >= 10_000_000) & (syn["method"] == "cf auto")]
         if len(big) and "peak_rss_mb" in big and pd.notna(big["peak_rss_mb"].iloc[0]):
             mb = float(big["peak_rss_mb"].iloc[0])
@@ -440,9 +444,9 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
         ck_cols = [c for c in ALL if c.startswith("ck ")]
         best_ck = acc[ck_cols].max(axis=1)
         ours_loco, _ = loco(acc)
-        out += ["**Accuracy on the shared crowds** (`cf` = crowdforge, `ck` = crowd-kit 1.4.2; "
-                "`cf auto` is the default; `LOCO`: the default's variant chosen without that crowd; last column: "
-                "`LOCO` minus the best crowd-kit method on that crowd)", "",
+        out += [("**Accuracy on the shared crowds** (`cf` = crowdforge, `ck` = crowd-kit 1.4.2; "
+                 "`cf auto` is the default; `LOCO`: the default's variant chosen without that crowd; last column: "
+                 "`LOCO` minus the best crowd-kit method on that crowd)"), "",
                 "| crowd | " + " | ".join(ALL) + " | LOCO | LOCO − best ck |", "|---" * (len(ALL) + 3) + "|"]
         for crowd in acc.index:
             cells = [fmt(acc.loc[crowd, m]) for m in ALL]
@@ -450,21 +454,21 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
                        f"{100 * (ours_loco[crowd] - best_ck[crowd]):+.1f} pt |")
         means = acc.mean(axis=0, skipna=False)
         out.append("| **mean** | " + " | ".join(fmt(means[m]) for m in ALL) + f" | {fmt(ours_loco.mean(), '.4f')} | |")
-        out += ["", "**Expected calibration error** of the output confidence (15 bins; crowd-kit GLAD `–` = "
-                "did not finish in the time limit)", "",
+        out += ["", ("**Expected calibration error** of the output confidence (15 bins; crowd-kit GLAD `–` = "
+                 "did not finish in the time limit)"), "",
                 "| crowd | " + " | ".join(ALL) + " |", "|---" * (len(ALL) + 1) + "|"]
         for crowd in ece.index:
             out.append(f"| {crowd} | " + " | ".join(fmt(ece.loc[crowd, m]) for m in ALL) + " |")
         out.append("| **mean** | " + " | ".join(fmt(ece[m].mean(skipna=False)) for m in ALL) + " |")
         if confidence is not None:
-            out += ["", "**Why the confidence is off** (`cf auto`, no gold). `mean conf.` above accuracy = "
-                    "over-confident. `errors the crowd makes together`: share of the errors on items with >= 3 "
-                    "labels where >= 75% of the labels agree on the wrong answer (all workers / only the workers "
-                    "the model trusts, estimated accuracy >= 0.6); the label-only temperature "
-                    "(held-out label likelihood) cannot see those, since there a held-out label is predicted "
-                    "well by the others. `truth items`: items with a true label / all items.", "",
-                    "| crowd | truth items | accuracy | mean conf. | items at conf. >= .95 | accuracy there | "
-                    "errors the crowd makes together (all / trusted) |", "|---|---|---|---|---|---|---|"]
+            out += ["", ("**Why the confidence is off** (`cf auto`, no gold). `mean conf.` above accuracy = "
+                     "over-confident. `errors the crowd makes together`: share of the errors on items with >= 3 "
+                     "labels where >= 75% of the labels agree on the wrong answer (all workers / only the workers "
+                     "the model trusts, estimated accuracy >= 0.6); the label-only temperature "
+                     "(held-out label likelihood) cannot see those, since there a held-out label is predicted "
+                     "well by the others. `truth items`: items with a true label / all items."), "",
+                    ("| crowd | truth items | accuracy | mean conf. | items at conf. >= .95 | accuracy there | "
+                     "errors the crowd makes together (all / trusted) |"), "|---|---|---|---|---|---|---|"]
             for _, r in confidence.iterrows():
                 out.append(f"| {r['crowd']} | {int(r['truth_items'])} / {int(r['items'])} | {r['acc']:.3f} | "
                            f"{r['conf']:.3f} | {r['share_hi']:.0%} | {fmt(r['acc_hi'])} | {r['agree_wrong']:.0%} / "
@@ -473,11 +477,11 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
             glob = limits["global"]
             ok = (glob <= 0.05).sum(axis=1).sort_values(ascending=False, kind="stable")
             top = list(ok.index[:4])
-            out += ["", "**How far recalibration goes** (`cf auto`). Left: ECE after one fixed map "
-                    "(temperature `s` on the log-posterior, floor `e` mixed in uniformly) applied to every crowd; "
-                    "the four maps meeting 0.05 on the most crowds, chosen on the truth -- an oracle a label-only "
-                    "method does not have. Right: ECE on the non-gold items with 5/10/20% of the items gold, "
-                    "worst of 3 random draws.", "",
+            out += ["", ("**How far recalibration goes** (`cf auto`). Left: ECE after one fixed map "
+                     "(temperature `s` on the log-posterior, floor `e` mixed in uniformly) applied to every crowd; "
+                     "the four maps meeting 0.05 on the most crowds, chosen on the truth -- an oracle a label-only "
+                     "method does not have. Right: ECE on the non-gold items with 5/10/20% of the items gold, "
+                     "worst of 3 random draws."), "",
                     "| crowd | " + " | ".join(top) + " | 5% gold | 10% gold | 20% gold |",
                     "|---" * (len(top) + 4) + "|"]
             worst = limits["gold"].groupby(["crowd", "frac"])["ece"].max().unstack("frac")
@@ -492,9 +496,9 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
             out.append(f"| {crowd} | " + " | ".join(fmt(wall.loc[crowd, m], ".2f") for m in ALL) + " |")
         out.append("")
     if syn is not None:
-        out += ["**Synthetic crowds** (bench/synthetic_crowd.py: 4 classes, 5 labels/item, 500 labels/worker on "
-                "average with Pareto activity, 15% spammers, 5% biased, 5% adversaries). Each fit in its own "
-                "subprocess; peak RSS is the process's ru_maxrss, including generating the crowd.", "",
+        out += [("**Synthetic crowds** (bench/synthetic_crowd.py: 4 classes, 5 labels/item, 500 labels/worker on "
+                 "average with Pareto activity, 15% spammers, 5% biased, 5% adversaries). Each fit in its own "
+                 "subprocess; peak RSS is the process's ru_maxrss, including generating the crowd."), "",
                 "| labels | method | accuracy | fit wall (s) | time vs ck DawidSkene | peak RSS (MB) |",
                 "|---|---|---|---|---|---|"]
         for n, grp in syn.groupby("n_labels", sort=True):
@@ -504,22 +508,23 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
                 if isinstance(r.get("error"), str):
                     out.append(f"| {n:,} | {r['method']} | {r['error']} | | | |")
                     continue
-                ratio = "reference" if r["method"] == "ck DawidSkene" else f"{ref / r['wall']:.1f}x faster" if ref and r["wall"] <= ref else (
-                    f"{r['wall'] / ref:.1f}x slower" if ref else "–")
+                ratio = ("reference" if r["method"] == "ck DawidSkene"
+                         else f"{ref / r['wall']:.1f}x faster" if ref and r["wall"] <= ref
+                         else (f"{r['wall'] / ref:.1f}x slower" if ref else "–"))
                 out.append(f"| {n:,} | {r['method']} | {r['acc']:.4f} | {r['wall']:.2f} | {ratio} | "
                            f"{r['peak_rss_mb']:.0f} |")
         out.append("")
     if failures is not None:
-        out += ["**The failure modes, synthetic** (`failure_mode_crowd`: class-dependent errors on a sparse binary "
-                "crowd; a dense crowd where 39 workers label all 108 items), mean accuracy over 3 seeds", "",
+        out += [("**The failure modes, synthetic** (`failure_mode_crowd`: class-dependent errors on a sparse binary "
+                 "crowd; a dense crowd where 39 workers label all 108 items), mean accuracy over 3 seeds"), "",
                 "| crowd kind | " + " | ".join(FAILURE_METHODS) + " |", "|---" * (len(FAILURE_METHODS) + 1) + "|"]
         fm = failures.groupby(["kind", "method"])["acc"].mean().unstack("method")
         for kind in fm.index:
             out.append(f"| {kind} | " + " | ".join(fmt(fm.loc[kind, m]) for m in FAILURE_METHODS) + " |")
         out.append("")
     if gold is not None:
-        out += ["**Gold checks pay**: `cf auto` with 5% of the items' true labels given as gold vs none; "
-                "accuracy and ECE on the other 95%.", "",
+        out += [("**Gold checks pay**: `cf auto` with 5% of the items' true labels given as gold vs none; "
+                 "accuracy and ECE on the other 95%."), "",
                 "| crowd | gold items | accuracy, no gold | accuracy, 5% gold | ECE, no gold | ECE, 5% gold |",
                 "|---|---|---|---|---|---|"]
         for _, r in gold.iterrows():
@@ -529,11 +534,12 @@ def render(shared: pd.DataFrame | None, syn: pd.DataFrame | None, gold: pd.DataF
                    f"{gold['ece_none'].mean():.3f} | {gold['ece_gold'].mean():.3f} |")
         out.append("")
     if track is not None:
-        out += ["**Track record pays**: two rounds with the same 100 synthetic workers. Round 1: 50,000 labels "
-                "(5 per item) fitted by `cf auto`; its per-worker expected confusion counts go through the "
-                "reputation ledger's prior (`ledger_prior`, cap 50 pseudo-labels). Round 2: new items with "
-                "1-2 labels each (1.5 on average), fitted fresh vs with the ledger prior.", "",
-                "| seed | round-2 labels | round-2 items | majority vote | fresh | with ledger |", "|---|---|---|---|---|---|"]
+        out += [("**Track record pays**: two rounds with the same 100 synthetic workers. Round 1: 50,000 labels "
+                 "(5 per item) fitted by `cf auto`; its per-worker expected confusion counts go through the "
+                 "reputation ledger's prior (`ledger_prior`, cap 50 pseudo-labels). Round 2: new items with "
+                 "1-2 labels each (1.5 on average), fitted fresh vs with the ledger prior."), "",
+                "| seed | round-2 labels | round-2 items | majority vote | fresh | with ledger |",
+                "|---|---|---|---|---|---|"]
         for _, r in track.iterrows():
             out.append(f"| {int(r['seed'])} | {int(r['round2_labels'])} | {int(r['round2_items'])} | {r['mv']:.3f} | "
                        f"{r['fresh']:.3f} | {r['ledger']:.3f} |")

@@ -31,7 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ("negative", "neutral", "positive")
-WORDS = ["the", "soup", "was", "cold", "and", "the", "staff", "slow", "the", "room", "was", "clean", "and", "the", "view", "great", "a", "fine", "place", "to", "stay", "never", "again", "really", "good", "value", "noisy", "street", "friendly", "people", "late", "bus", "quick", "service"]
+WORDS = ["the", "soup", "was", "cold", "and", "the", "staff", "slow", "the", "room", "was", "clean", "and", "the",
+         "view", "great", "a", "fine", "place", "to", "stay", "never", "again", "really", "good", "value", "noisy",
+         "street", "friendly", "people", "late", "bus", "quick", "service"]
 TS = "2026-01-05T08:00:00Z"
 
 

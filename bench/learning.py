@@ -116,7 +116,8 @@ def prepare_weather(raw: Path, labels_per_tweet: int, n_test: int, seed: int,
     # selected subset, easier than the tweets the crowd labels
     agreement = d.groupby("tweet_id")["label"].agg(lambda s: s.value_counts(normalize=True).iloc[0])
     is_test = agreement.index.isin(list(test_ids))
-    full_majority = d[~d["tweet_id"].isin(test_ids)].groupby("item_id")["label"].agg(lambda s: s.value_counts().idxmax())
+    full_majority = (d[~d["tweet_id"].isin(test_ids)].groupby("item_id")["label"]
+                     .agg(lambda s: s.value_counts().idxmax()))
     crowd = d[~d["tweet_id"].isin(test_ids)]
     crowd = crowd.iloc[rng.permutation(len(crowd))].groupby("item_id").head(labels_per_tweet)  # seeded subsample
     crowd = crowd.assign(submitted_at="2016-01-01T00:00:00Z")
@@ -126,7 +127,8 @@ def prepare_weather(raw: Path, labels_per_tweet: int, n_test: int, seed: int,
             frame_to_csv(rows[["contributor_id", "item_id", "text", "label", "submitted_at"]]))
     test = ref[ref["tweet_id"].isin(test_ids)]
     texts = d.drop_duplicates("tweet_id").set_index("tweet_id")["tweet_body"]
-    gold = pd.DataFrame({"item_id": "tw" + test["tweet_id"].astype(str), "text": test["tweet_id"].map(texts).astype(str),
+    gold = pd.DataFrame({"item_id": "tw" + test["tweet_id"].astype(str),
+                         "text": test["tweet_id"].map(texts).astype(str),
                          "label": test["label"], "split": "test"})
     crowd_items = np.sort(crowd["item_id"].unique())
     checks = crowd_items[np.sort(rng.permutation(len(crowd_items))[:round(gold_check_fraction * len(crowd_items))])]
@@ -263,7 +265,8 @@ def compare(name: str, prep: Any, work: Path, threads: int, train_seeds: int = 1
     truth = info.pop("truth")
     log(f"{name}: (c) crowdforge default pipeline")
     t0 = time.perf_counter()
-    out = run_agents(params, root_c, ["ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble"])
+    out = run_agents(params, root_c,
+                     ["ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble"])
     ens = out["ensemble"]["report"]
     labels = pd.read_parquet(root_c / "data" / "processed" / "labels.parquet")
     ds_acc = float((labels["item_id"].map(truth) == labels["label"])[labels["item_id"].isin(truth)].mean())
@@ -272,13 +275,15 @@ def compare(name: str, prep: Any, work: Path, threads: int, train_seeds: int = 1
         accepted.rename(columns={"item_id": "task", "contributor_id": "worker"})[["task", "worker", "label"]])
     mv_labels = mv.labels_.to_dict()
     mv_acc = float(pd.Series({k: v == truth[k] for k, v in mv_labels.items() if k in truth}).mean())
-    result: dict[str, Any] = {"data": info, "label_accuracy": {"majority_vote": mv_acc, "dawid_skene": ds_acc,
-                                                               "refined": refined_label_accuracy(params, root_c, truth)}}
+    result: dict[str, Any] = {"data": info,
+                              "label_accuracy": {"majority_vote": mv_acc, "dawid_skene": ds_acc,
+                                                 "refined": refined_label_accuracy(params, root_c, truth)}}
     result["crowdforge"] = {
         "test_accuracy": ens["test_accuracy"], "test_macro_f1": ens["test_macro_f1"], "test_ece": ens["test_ece"],
         "test_ece_floor": ens.get("test_ece_floor"), "test_ece_p_value": ens.get("test_ece_p_value"),
         "comparison": {k: {m: v[m] for m in ("test_accuracy", "test_ece")} for k, v in ens["comparison"].items()},
-        "members": {k: {m: v[m] for m in ("strategy", "test_accuracy", "weight", "temperature")} for k, v in ens["members"].items()},
+        "members": {k: {m: v[m] for m in ("strategy", "test_accuracy", "weight", "temperature")}
+                    for k, v in ens["members"].items()},
         "calibration_source": ens.get("calibration_source"), "n_valid": ens.get("valid_n"),
         "n_valid_gold": ens.get("n_valid_gold"), "n_train": out["augment"]["report"].get("n_train_items"),
         "pretrain": {k: out["pretrain"]["report"][k] for k in ("perplexity_before", "perplexity_after", "steps")},
@@ -290,7 +295,8 @@ def compare(name: str, prep: Any, work: Path, threads: int, train_seeds: int = 1
         log(f"{name}: ({'b' if key == 'naive' else 'a'}) {key}")
         result[key] = single_member(params, fresh_copy(root_c, work / f"{name}-{key}"), labels_map, key)
     if train_seeds > 1:
-        result["seeds"] = other_training_seeds(name, params, root_c, work, {"naive": mv_labels, "gold": truth}, train_seeds)
+        result["seeds"] = other_training_seeds(name, params, root_c, work, {"naive": mv_labels, "gold": truth},
+                                               train_seeds)
     return result
 
 
@@ -319,7 +325,8 @@ def other_training_seeds(name: str, params: Any, root_c: Path, work: Path, label
         out["crowdforge"].append(rep["test_accuracy"])
         out["crowdforge_ece"].append(rep["test_ece"])
         for key, labels_map in labels.items():
-            out[key].append(single_member(p, fresh_copy(root_c, work / f"{name}-{key}-seed{k}"), labels_map, key)["test_accuracy"])
+            out[key].append(single_member(p, fresh_copy(root_c, work / f"{name}-{key}-seed{k}"), labels_map,
+                                          key)["test_accuracy"])
     return out
 
 
@@ -357,7 +364,8 @@ def demo_pipeline(work: Path, threads: int | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = run_agents(params, root, ["ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble"])
     return {"stage_seconds": {k: v["seconds"] for k, v in out.items()}, "seconds": round(time.perf_counter() - t0, 1),
-            "test_accuracy": out["ensemble"]["report"]["test_accuracy"], "test_ece": out["ensemble"]["report"]["test_ece"]}
+            "test_accuracy": out["ensemble"]["report"]["test_accuracy"],
+            "test_ece": out["ensemble"]["report"]["test_ece"]}
 
 
 # --- report ---------------------------------------------------------------------------------------
@@ -370,15 +378,17 @@ def fmt_pct(x: float | None) -> str:
 def markdown(res: dict[str, Any]) -> str:
     m = res["machine"]
     lines = [(f"Command: `{res['command']}` ({res['date']}; {m['cores']} cores, {m['memory']}, Python {m['python']}, "
-             f"torch threads {res['threads']}; load average at start {m['load_start']}, at end {m.get('load_end', 'n/a')}; "
-             f"total {res.get('seconds', 0) / 60:.1f} min). Other engineers share the CPU: timings are noisy."), ""]
+             f"torch threads {res['threads']}; load average at start {m['load_start']}, at end "
+             f"{m.get('load_end', 'n/a')}; total {res.get('seconds', 0) / 60:.1f} min). Other engineers share the CPU: "
+             "timings are noisy."), ""]
     for name, title in (("sst2", "SST-2, simulated crowd"), ("weather", "Weather sentiment, real crowd")):
         r = res.get(name)
         if not r:
             continue
         d = r["data"]
         lines += [(f"**{title}** ({d['n_crowd_items']} crowd items, {d['n_labels']} labels, test {d['n_test']}; "
-                  f"label accuracy on the crowd items: majority vote {fmt_pct(r['label_accuracy']['majority_vote'])} %, "
+                  "label accuracy on the crowd items: "
+                  f"majority vote {fmt_pct(r['label_accuracy']['majority_vote'])} %, "
                   f"Dawid-Skene {fmt_pct(r['label_accuracy']['dawid_skene'])} %"
                   + (f", after finetune's text refinement {fmt_pct(r['label_accuracy']['refined'])} % (train rows)"
                      if r["label_accuracy"].get("refined") is not None else "") + ")"), "",
@@ -395,8 +405,8 @@ def markdown(res: dict[str, Any]) -> str:
             for key, label in (("gold", "(a)"), ("naive", "(b)"), ("crowdforge", "(c)")):
                 v = seed_accuracies(r, key)
                 spread.append(f"{label} {fmt_pct(mean(v))} ± {100 * std(v):.1f} (" + ", ".join(map(fmt_pct, v)) + ")")
-            lines += ["", f"Over {len(r['seeds']['finetune_seeds'])} training seeds (finetune.seed {seeds}; same crowd, "
-                      f"labels and encoder): " + "; ".join(spread) + " %."]
+            lines += ["", f"Over {len(r['seeds']['finetune_seeds'])} training seeds (finetune.seed {seeds}; "
+                      f"same crowd, labels and encoder): " + "; ".join(spread) + " %."]
         c = r["crowdforge"]
         lines += ["", "crowdforge ensemble schemes (test accuracy % / ECE): " + ", ".join(
             f"{k} {fmt_pct(v['test_accuracy'])} / {v['test_ece']:.3f}" for k, v in c["comparison"].items())
@@ -404,7 +414,8 @@ def markdown(res: dict[str, Any]) -> str:
                                          f"T={v['temperature']:.2f}" for k, v in c["members"].items())
             + (f"; temperatures and weights fitted on {c['n_valid']} valid items: "
                + ("the gold check items with their expert labels" if c["calibration_source"] == "gold_check"
-                  else f"crowd labels through the noise channel ({c.get('n_valid_gold', 0)} gold check items among them)")
+                  else "crowd labels through the noise channel "
+                       f"({c.get('n_valid_gold', 0)} gold check items among them)")
                if c.get("calibration_source") else "") + ".", ""]
     t = res.get("throughput")
     if t:
@@ -417,9 +428,11 @@ def markdown(res: dict[str, Any]) -> str:
                   "each in its own process):"), "",
                   "| path | examples/s | seconds/epoch | peak RSS |", "|---|---|---|---|"]
         for k, label in (("trainer", "HF `Trainer`, same mean-pool model"),
-                         ("trainer_grouped", "HF `Trainer`, `train_sampling_strategy='group_by_length'`"), ("full", "crowdforge `full`"),
+                         ("trainer_grouped", "HF `Trainer`, `train_sampling_strategy='group_by_length'`"),
+                         ("full", "crowdforge `full`"),
                          ("partial_uncached", f"crowdforge `partial` ({t.get('unfreeze_layers', 2)} layers), no cache"),
-                         ("partial_cached", f"crowdforge `partial` ({t.get('unfreeze_layers', 2)} layers), cached lower layers"),
+                         ("partial_cached",
+                          f"crowdforge `partial` ({t.get('unfreeze_layers', 2)} layers), cached lower layers"),
                          ("head", "crowdforge `head` (cached embeddings)")):
             if k in t and "examples_per_s" in t[k]:
                 lines.append(f"| {label} | {eps(k)} | {t[k]['seconds_per_epoch']:.3f} | {mem(k)} |")
@@ -427,7 +440,9 @@ def markdown(res: dict[str, Any]) -> str:
             h, f = t["head"], t["full"]
             lines += ["", (f"head vs full per epoch: {f['seconds_per_epoch'] / h['seconds_per_epoch']:.0f}x faster "
                       f"(on cached embeddings); the one-time embedding pass takes {h['embed_seconds']:.1f} s, "
-                      f"so the first head epoch including it is {f['seconds_per_epoch'] / (h['seconds_per_epoch'] + h['embed_seconds']):.1f}x faster than a full epoch."), ""]
+                      "so the first head epoch including it is "
+                      f"{f['seconds_per_epoch'] / (h['seconds_per_epoch'] + h['embed_seconds']):.1f}x faster than a "
+                      "full epoch."), ""]
     demo1 = res.get("demo_threads1")
     if demo1:
         lines += [(f"**Demo pipeline with `runtime.torch_threads: 1`** (same otherwise): {demo1['seconds']:.0f} s "
@@ -435,8 +450,8 @@ def markdown(res: dict[str, Any]) -> str:
                   f"test accuracy {fmt_pct(demo1['test_accuracy'])} %, ECE {demo1['test_ece']:.3f}."), ""]
     demo = res.get("demo")
     if demo:
-        lines += [(f"**Demo pipeline** (default params incl. `runtime.torch_threads: 0` = 2 threads, agents ingest..ensemble "
-                  f"in-process, no Prefect/MLflow): "
+        lines += [(f"**Demo pipeline** (default params incl. `runtime.torch_threads: 0` = 2 threads, "
+                  f"agents ingest..ensemble in-process, no Prefect/MLflow): "
                   f"{demo['seconds']:.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in demo['stage_seconds'].items())}); "
                   f"test accuracy {fmt_pct(demo['test_accuracy'])} %, ECE {demo['test_ece']:.3f}."), ""]
     if res.get("goals"):
@@ -462,23 +477,27 @@ def goals(res: dict[str, Any]) -> list[str]:
     if s:
         a, b, c = (100 * mean(seed_accuracies(s, k)) for k in ("gold", "naive", "crowdforge"))
         over = f" (means over {len(seed_accuracies(s, 'gold'))} training seeds)" if s.get("seeds") else ""
-        out.append(f"(c) >= (b) + 2 points on SST-2{over}: {c:.1f} vs {b:.1f} ({c - b:+.1f}) -> {'met' if c - b >= 2 else 'NOT met'}")
-        out.append(f"(c) within 1 point of (a) on SST-2{over}: {c:.1f} vs {a:.1f} ({c - a:+.1f}) -> {'met' if c >= a - 1 else 'NOT met'}")
+        out.append(f"(c) >= (b) + 2 points on SST-2{over}: {c:.1f} vs {b:.1f} ({c - b:+.1f}) -> "
+                   f"{'met' if c - b >= 2 else 'NOT met'}")
+        out.append(f"(c) within 1 point of (a) on SST-2{over}: {c:.1f} vs {a:.1f} ({c - a:+.1f}) -> "
+                   f"{'met' if c >= a - 1 else 'NOT met'}")
     for name in ("sst2", "weather"):
         if res.get(name):
             c = res[name]["crowdforge"]
             eces = [c["test_ece"]] + list((res[name].get("seeds") or {}).get("crowdforge_ece", []))
             e = mean(eces)
-            over = f" (mean over {len(eces)} training seeds: {', '.join(f'{x:.3f}' for x in eces)})" if len(eces) > 1 else ""
+            over = (f" (mean over {len(eces)} training seeds: {', '.join(f'{x:.3f}' for x in eces)})"
+                    if len(eces) > 1 else "")
             line = f"ensemble ECE <= 0.03 on {name}{over}: {e:.3f} -> {'met' if e <= 0.03 else 'NOT met'}"
             if c.get("test_ece_floor") is not None:
-                line += (f"; a perfectly calibrated model with the same confidences would measure {c['test_ece_floor']:.3f} "
-                         f"on these {res[name]['data']['n_test']} test items (first seed; p = {c['test_ece_p_value']:.2f} "
-                         "for the measured ECE)")
+                line += (f"; a perfectly calibrated model with the same confidences would measure "
+                         f"{c['test_ece_floor']:.3f} on these {res[name]['data']['n_test']} test items "
+                         f"(first seed; p = {c['test_ece_p_value']:.2f} for the measured ECE)")
             gap = c["mean_confidence"] - c["test_accuracy"] if c.get("mean_confidence") is not None else None
             if gap is not None:
                 line += (f" (mean confidence {c['mean_confidence']:.3f} vs accuracy {c['test_accuracy']:.3f}: "
-                         + ("right on average" if abs(gap) <= 0.01 else "under-confident" if gap < 0 else "over-confident") + ")")
+                         + ("right on average" if abs(gap) <= 0.01 else "under-confident" if gap < 0
+                            else "over-confident") + ")")
             d = res[name]["data"]
             if "agreement_test" in d and gap is not None and gap < -0.01:
                 line += (f"; the test tweets are a selected, easier subset: their 20 judgments agree "
@@ -488,7 +507,8 @@ def goals(res: dict[str, Any]) -> list[str]:
     t = res.get("throughput") or {}
     if "examples_per_s" in t.get("full", {}) and "examples_per_s" in t.get("trainer", {}):
         f, tr = t["full"]["examples_per_s"], t["trainer"]["examples_per_s"]
-        line = f"full fine-tuning throughput >= Trainer: {f:.1f} vs {tr:.1f} ex/s ({f / tr:.2f}x) -> {'met' if f >= tr else 'NOT met'}"
+        line = (f"full fine-tuning throughput >= Trainer: {f:.1f} vs {tr:.1f} ex/s ({f / tr:.2f}x) -> "
+                f"{'met' if f >= tr else 'NOT met'}")
         if "examples_per_s" in t.get("trainer_grouped", {}):
             tg = t["trainer_grouped"]["examples_per_s"]
             line += (f"; against the Trainer with its own length grouping {tg:.1f} ex/s ({f / tg:.2f}x: "
@@ -499,7 +519,8 @@ def goals(res: dict[str, Any]) -> list[str]:
         out.append(f"head >= 10x faster per epoch than full: {r:.0f}x -> {'met' if r >= 10 else 'NOT met'}")
     if res.get("demo"):
         d = res["demo"]["seconds"]
-        out.append(f"demo pipeline (learning agents, in-process) <= 5 min: {d / 60:.1f} min -> {'met' if d <= 300 else 'NOT met'}"
+        out.append(f"demo pipeline (learning agents, in-process) <= 5 min: {d / 60:.1f} min -> "
+                   f"{'met' if d <= 300 else 'NOT met'}"
                    " (the Prefect/MLflow overhead of `make run` is not included)"
                    + (f"; with `runtime.torch_threads: 1`: {res['demo_threads1']['seconds'] / 60:.1f} min"
                       if res.get("demo_threads1") else ""))
@@ -523,79 +544,85 @@ def budget_note(res: dict[str, Any] | None) -> str:
     members = ", ".join(f"{k} ({v['strategy']})" for k, v in c.get("members", {}).items()) or "the default members"
     source = {"gold_check": f"on the {c.get('n_valid_gold')} gold check items with their expert labels",
               "crowd": "on crowd labels through the noise channel"}.get(c.get("calibration_source") or "", "")
-    return (f"Budgets on SST-2: (a) and (b) are one `{s.get('gold', {}).get('member', 'partial-2')}` member (at most 3 epochs) "
-            f"on the packaged MiniLM without DAPT, uncalibrated, trained on {s.get('gold', {}).get('n_train', '?')} items "
-            f"(15 % held out for early stopping); (c) is the whole default pipeline: DAPT 30 steps, Dawid-Skene soft labels "
-            f"refined with an out-of-fold text classifier, {len(c.get('members', {})) or 'the'} members ({members}, each at most 3 epochs) trained on "
-            f"{c.get('n_train', '?')} crowd items, early stopping, early-learning regularisation (as (a) and (b)), temperatures and weights {source}. "
-            f"The seconds column is each pipeline's wall-clock budget. The refined label accuracy counts train rows only; "
-            f"the gold check items (always right there) now sit in valid.")
+    return (f"Budgets on SST-2: (a) and (b) are one `{s.get('gold', {}).get('member', 'partial-2')}` member "
+            f"(at most 3 epochs) on the packaged MiniLM without DAPT, uncalibrated, trained on "
+            f"{s.get('gold', {}).get('n_train', '?')} items (15 % held out for early stopping); (c) is the whole "
+            f"default pipeline: DAPT 30 steps, Dawid-Skene soft labels refined with an out-of-fold text classifier, "
+            f"{len(c.get('members', {})) or 'the'} members ({members}, each at most 3 epochs) trained on "
+            f"{c.get('n_train', '?')} crowd items, early stopping, early-learning regularisation (as (a) and (b)), "
+            f"temperatures and weights {source}. "
+            f"The seconds column is each pipeline's wall-clock budget. The refined label accuracy counts train rows "
+            f"only; the gold check items (always right there) now sit in valid.")
 
 
 def build_notes(args: dict[str, Any], res: dict[str, Any] | None = None) -> list[str]:
     return [
         (
-            f"SST-2: {args['sst2_train']} of the 6,920 train sentences (seeded subsample) go to a simulated crowd of 60 "
-            "(20% spammers, 10% adversaries, the rest 60-90% accurate; 3 labels per item; 5% are gold checks); "
+            f"SST-2: {args['sst2_train']} of the 6,920 train sentences (seeded subsample) go to a simulated crowd of "
+            "60 (20% spammers, 10% adversaries, the rest 60-90% accurate; 3 labels per item; 5% are gold checks); "
             "the other train sentences are the unlabelled pretraining text; test = the SST-2 test file (without "
             "duplicates and sentences that also occur in train: 1,819 of 1,821)."
         ),
         (
-            f"Weather: {args['weather_labels']} of the 20 judgments per tweet (seeded); test = {args['weather_test']} tweets "
-            "whose reference label was confirmed (correct_category Yes, confidence 1), never shown to the crowd; "
-            f"{args.get('weather_gold_checks', 0.0):.0%} of the crowd tweets are gold checks (as on SST-2) labelled with "
-            "their 20-judgment majority; "
+            f"Weather: {args['weather_labels']} of the 20 judgments per tweet (seeded); test = {args['weather_test']} "
+            "tweets whose reference label was confirmed (correct_category Yes, confidence 1), never shown to the "
+            f"crowd; {args.get('weather_gold_checks', 0.0):.0%} of the crowd tweets are gold checks (as on SST-2) "
+            "labelled with their 20-judgment majority; "
             "(a) trains on the 20-judgment majority of the crowd tweets (the closest to gold there is), and the label "
             "accuracies are measured against that majority. Macro F1 averages over 5 classes, one of which "
-            "(\"I can't tell\") never occurs in the reference test labels. 316 test tweets: one standard error is about 2.3 points."
+            "(\"I can't tell\") never occurs in the reference test labels. 316 test tweets: one standard error is "
+            "about 2.3 points."
         ),
         budget_note(res),
         (
             "Earlier runs of the same command: before label refinement and noise-aware calibration, (c) 79.1 % and ECE "
-            "0.165 on SST-2 (temperatures fitted to crowd labels read the label noise as under-confidence); with members "
-            "head-a, head-boot, partial-2 calibrated on crowd labels through the noise channel (2026-11-22 03:11), "
-            "80.5 % / ECE 0.046 on SST-2 and 78.5 % / 0.112 on weather; the three partial members before early-learning "
-            "regularisation (2026-11-22 05:33, one seed): 81.5 % / 0.022 on SST-2 ((a) 83.8 %), 80.1 % / 0.080 on weather "
-            "((a) 80.1 %); with ELR and members that train the top 2 layers (2026-11-30 10:44, SST-2 means over 3 seeds): "
-            "(a) 83.5, (b) 74.5, (c) 81.5 %, ECE 0.022; weather (one seed) (c) 78.8 % / ECE 0.049."
+            "0.165 on SST-2 (temperatures fitted to crowd labels read the label noise as under-confidence); with "
+            "members head-a, head-boot, partial-2 calibrated on crowd labels through the noise channel (2026-11-22 "
+            "03:11), 80.5 % / ECE 0.046 on SST-2 and 78.5 % / 0.112 on weather; the three partial members before "
+            "early-learning regularisation (2026-11-22 05:33, one seed): 81.5 % / 0.022 on SST-2 ((a) 83.8 %), 80.1 % "
+            "/ 0.080 on weather ((a) 80.1 %); with ELR and members that train the top 2 layers (2026-11-30 10:44, "
+            "SST-2 means over 3 seeds): (a) 83.5, (b) 74.5, (c) 81.5 %, ECE 0.022; weather (one seed) (c) 78.8 % / ECE "
+            "0.049."
         ),
         (
             "Ablations on the same SST-2 data (seeded, one run each, (c)'s finetune + ensemble only): the old members "
-            "calibrated on the 150 gold check items 79.2 % / ECE 0.024 (weights fitted on 150 items favoured the weaker "
-            "head members); three partial members 81.5 % / 0.022 (kept); the old members without DAPT 80.2 %; distilling "
-            "the ensemble into one partial student on the train texts + 3,920 unlabelled sentences (`ensemble.distill`) "
-            "81.4 % / 0.012, no better than its teacher for ~140 s more; re-refining the later members' labels with an "
-            "earlier member's predictions instead of the linear model (label accuracy 88.3 % instead of 86.4 %) 81.3 %, "
-            "no gain, not kept."
+            "calibrated on the 150 gold check items 79.2 % / ECE 0.024 (weights fitted on 150 items favoured the "
+            "weaker head members); three partial members 81.5 % / 0.022 (kept); the old members without DAPT 80.2 %; "
+            "distilling the ensemble into one partial student on the train texts + 3,920 unlabelled sentences "
+            "(`ensemble.distill`) 81.4 % / 0.012, no better than its teacher for ~140 s more; re-refining the later "
+            "members' labels with an earlier member's predictions instead of the linear model (label accuracy 88.3 % "
+            "instead of 86.4 %) 81.3 %, no gain, not kept."
         ),
         (
-            "Ablations of 2026-11-30 morning (same data, old members, (c)'s pretrain + finetune + ensemble, one seed, before ELR was on): "
-            "without DAPT 81.0 %; hard refined labels instead of soft 80.6 %; early-learning regularisation weight "
-            "0 / 3 / 8 / 15: 81.5 / 82.2 / 82.5 / 81.2 % (3, the paper's value, kept: λ was not tuned on this test "
-            "split beyond that); λ = 3 with 5 epochs per member instead of 3: 82.2 % for 57 % more time, not kept. "
-            "Without ELR two of three members scored best on valid after their first epoch: they were memorising wrong labels. "
-            "With finetune.seed 18: 79.9 % without ELR, 80.2 % with. The same (c) pipeline trained on the gold labels of "
-            "the crowd items instead of the refined crowd labels (an oracle, seed 17): 84.1 %, so the remaining label "
-            "noise costs (c) about 2 points and the pipeline itself adds about 0.5 over one gold-trained member."
+            "Ablations of 2026-11-30 morning (same data, old members, (c)'s pretrain + finetune + ensemble, one seed, "
+            "before ELR was on): without DAPT 81.0 %; hard refined labels instead of soft 80.6 %; early-learning "
+            "regularisation weight 0 / 3 / 8 / 15: 81.5 / 82.2 / 82.5 / 81.2 % (3, the paper's value, kept: λ was not "
+            "tuned on this test split beyond that); λ = 3 with 5 epochs per member instead of 3: 82.2 % for 57 % more "
+            "time, not kept. Without ELR two of three members scored best on valid after their first epoch: they were "
+            "memorising wrong labels. With finetune.seed 18: 79.9 % without ELR, 80.2 % with. The same (c) pipeline "
+            "trained on the gold labels of the crowd items instead of the refined crowd labels (an oracle, seed 17): "
+            "84.1 %, so the remaining label noise costs (c) about 2 points and the pipeline itself adds about 0.5 over "
+            "one gold-trained member."
         ),
         (
             "Later on 2026-11-30 (same data, seeded, (c)'s pretrain + finetune + ensemble, scratch script): members "
             "that train the top 3 of the 6 layers instead of 2, and no row-bagged member (it was the weakest member in "
             "every run): 83.0 / 82.0 % at finetune seeds 17 / 18 against 82.2 / 80.2 % for the old default (kept); one "
-            "gold-trained member with the top 3 layers: 85.2 / 83.1 % against 83.3 / 82.7 % with the top 2, so (a) and (b) "
-            "now train the same kind of member as (c). Not kept (seed 17, old members): an exponential moving average "
-            "(0.99) of the trained weights 81.5 % (vs 82.2 %); a stronger label refinement (crowd likelihood tempered to "
-            "the power 0.5, 3 rounds) lifted the train labels from 86.4 % to 88.0 % right but the ensemble to only "
-            "81.6 %. The refined labels are calibrated: the 578 train items below 0.7 confidence are 61 % right and hold "
-            "223 of the 388 wrong labels, the 939 above 0.95 are 98.5 % right; the members learn the confident items and "
-            "barely move on the rest, which the gold-trained model learns right. Calibrating once more after pooling "
-            "(one temperature on the ensemble's log-probabilities, as Rahaman & Thiery 2021 suggest) changed the test ECE "
-            "from 0.022 / 0.009 / 0.010 to 0.016 / 0.005 / 0.018 on three SST-2 runs and 0.049 to 0.045 on weather: "
-            "no consistent gain, not kept. ELR weight 8 instead of 3 with the new members: 83.6 / 82.4 % at seeds "
-            "17 / 18 (+0.6 / +0.4), but it lifts a gold-trained member as much (83.8 vs 83.3 % at seed 17, old member), so "
-            "it would not narrow the gap; left at 3 without a full rerun. Rows that only change params can be rerun on the same data with `--set`, e.g. "
-            "`python bench/learning.py --parts sst2 --no-write --set finetune.elr_weight=8`; the moving-average and "
-            "tempered-refinement rows changed code and were dropped with it."
+            "gold-trained member with the top 3 layers: 85.2 / 83.1 % against 83.3 / 82.7 % with the top 2, so (a) and "
+            "(b) now train the same kind of member as (c). Not kept (seed 17, old members): an exponential moving "
+            "average (0.99) of the trained weights 81.5 % (vs 82.2 %); a stronger label refinement (crowd likelihood "
+            "tempered to the power 0.5, 3 rounds) lifted the train labels from 86.4 % to 88.0 % right but the ensemble "
+            "to only 81.6 %. The refined labels are calibrated: the 578 train items below 0.7 confidence are 61 % "
+            "right and hold 223 of the 388 wrong labels, the 939 above 0.95 are 98.5 % right; the members learn the "
+            "confident items and barely move on the rest, which the gold-trained model learns right. Calibrating once "
+            "more after pooling (one temperature on the ensemble's log-probabilities, as Rahaman & Thiery 2021 "
+            "suggest) changed the test ECE from 0.022 / 0.009 / 0.010 to 0.016 / 0.005 / 0.018 on three SST-2 runs and "
+            "0.049 to 0.045 on weather: no consistent gain, not kept. ELR weight 8 instead of 3 with the new members: "
+            "83.6 / 82.4 % at seeds 17 / 18 (+0.6 / +0.4), but it lifts a gold-trained member as much (83.8 vs 83.3 % "
+            "at seed 17, old member), so it would not narrow the gap; left at 3 without a full rerun. Rows that only "
+            "change params can be rerun on the same data with `--set`, e.g. `python bench/learning.py --parts sst2 "
+            "--no-write --set finetune.elr_weight=8`; the moving-average and tempered-refinement rows changed code and "
+            "were dropped with it."
         ),
         (
             "ECE on a finite test split is biased upward: the report now gives the ECE a perfectly calibrated model "
@@ -604,15 +631,17 @@ def build_notes(args: dict[str, Any], res: dict[str, Any] | None = None) -> list
             "0.03 there cannot be told apart from sampling noise; on SST-2's 1,819 sentences it is about 0.015."
         ),
         (
-            f"Threads: {args['threads']} torch thread(s) for every part, measured before the run with the other core busy "
-            "(load 5-8): full fine-tuning of 128 sentences ran at 17-24 examples/s with 1 thread and 3.5-4.9 with 2."
+            f"Threads: {args['threads']} torch thread(s) for every part, measured before the run with the other "
+            "core busy (load 5-8): full fine-tuning of 128 sentences ran at 17-24 examples/s with 1 thread and "
+            "3.5-4.9 with 2."
         ),
         (
             "Peak memory is each throughput process's own VmHWM (ru_maxrss would carry the parent's peak over exec)."
         ),
         (
             "Load matters more than code here: an earlier run of the same command (load 4-6) took 433 s for the "
-            "demo pipeline with 2 threads (pretrain 203 s, finetune 216 s), with the same accuracies as a run on an idle machine."
+            "demo pipeline with 2 threads (pretrain 203 s, finetune 216 s), with the same accuracies as a run on an "
+            "idle machine."
         ),
     ]
 
@@ -629,7 +658,8 @@ def main() -> int:
                     help="torch threads; 1 by default: with the other core busy, 2 threads ran 3-7x slower here")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--train-seeds", type=int, default=3,
-                    help="SST-2 and weather: (a), (b) and (c) with this many finetune seeds (the first is params.yaml's)")
+                    help="SST-2 and weather: (a), (b) and (c) with this many finetune seeds "
+                         "(the first is params.yaml's)")
     ap.add_argument("--parts", default="sst2,throughput,weather,demo,demo_threads1")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a params.yaml key for (a), (b) and (c) (a YAML value; repeatable), for ablations, "
@@ -657,7 +687,8 @@ def main() -> int:
     overrides = parse_sets(args.set)
     bench_params(["negative", "positive"], args.threads, overrides)  # an unknown key fails here, not after the data
     res: dict[str, Any] = {
-        "command": "make bench-learning" if sys.argv[1:] == [] else "python bench/learning.py " + " ".join(sys.argv[1:]),
+        "command": ("make bench-learning" if sys.argv[1:] == []
+                    else "python bench/learning.py " + " ".join(sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads,
         "machine": {"cores": os.cpu_count(), "memory": "24 GiB", "python": platform.python_version(),
                     "load_start": " ".join(f"{x:.2f}" for x in os.getloadavg())},
@@ -680,12 +711,12 @@ def main() -> int:
                 write_section(markdown(res))
 
         jobs = {
-            "sst2": lambda: compare("sst2", lambda raw: prepare_sst2(raw, work, args.sst2_train, args.seed), work, args.threads,
-                                    args.train_seeds, overrides),
+            "sst2": lambda: compare("sst2", lambda raw: prepare_sst2(raw, work, args.sst2_train, args.seed), work,
+                                    args.threads, args.train_seeds, overrides),
             "throughput": lambda: throughput(args.threads, args.throughput_n),
-            "weather": lambda: compare("weather", lambda raw: prepare_weather(raw, args.weather_labels, args.weather_test,
-                                                                              args.seed), work, args.threads,
-                                       args.train_seeds, overrides),
+            "weather": lambda: compare("weather", lambda raw: prepare_weather(raw, args.weather_labels,
+                                                                              args.weather_test, args.seed), work,
+                                       args.threads, args.train_seeds, overrides),
             "demo": lambda: demo_pipeline(work),
             "demo_threads1": lambda: demo_pipeline(work, 1),
         }

@@ -38,11 +38,13 @@ def peak_rss_mb() -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["trainer", "trainer_grouped", "full", "head", "partial_cached", "partial_uncached"])
+    ap.add_argument("mode", choices=["trainer", "trainer_grouped", "full", "head", "partial_cached",
+                                     "partial_uncached"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--sst2", required=True)
-    ap.add_argument("--unfreeze-layers", type=int, default=3, help="partial modes: layers trained (the default members': 3)")
+    ap.add_argument("--unfreeze-layers", type=int, default=3,
+                    help="partial modes: layers trained (the default members': 3)")
     args = ap.parse_args()
 
     from crowdforge.runtime import configure_environment, set_torch_threads
@@ -101,7 +103,8 @@ def main() -> None:
                                       learning_rate=5e-5, weight_decay=0.01, report_to=[], save_strategy="no",
                                       logging_strategy="no", use_cpu=True, dataloader_num_workers=0,
                                       disable_tqdm=True, seed=0,
-                                      train_sampling_strategy="group_by_length" if args.mode == "trainer_grouped" else "random")
+                                      train_sampling_strategy=("group_by_length" if args.mode == "trainer_grouped"
+                                                               else "random"))
             trainer = Trainer(model=WithLoss(model), args=targs, train_dataset=data,
                               data_collator=DataCollatorWithPadding(tok))
             res = trainer.train()

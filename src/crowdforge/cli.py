@@ -19,13 +19,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
 RootOpt = Annotated[Path, typer.Option("--root", help="Project folder holding data/, models/, reports/.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-S", help="Override a param: section.key=value (YAML value).")]
+SetOpt = Annotated[list[str] | None,
+                   typer.Option("--set", "-S", help="Override a param: section.key=value (YAML value).")]
 
 
 @app.callback()
 def _options(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging from crowdforge and Prefect.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Debug logging from crowdforge and Prefect.")] = False,
 ) -> None:
     """Train models you can trust on data that many people contribute."""
     import logging
@@ -121,7 +123,8 @@ def run(
 
 @app.command()
 def stage(
-    name: Annotated[str, typer.Argument(help="ingest|validate|reputation|augment|pretrain|finetune|ensemble|register|promote")],
+    name: Annotated[str, typer.Argument(
+        help="ingest|validate|reputation|augment|pretrain|finetune|ensemble|register|promote")],
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
     set_: SetOpt = None,
@@ -206,8 +209,10 @@ def demo_data(
 
 @app.command("simulate-crowd")
 def simulate_crowd(
-    gold_file: Annotated[Path, typer.Argument(help="Gold-labelled text: CSV/TSV/Parquet with text,label, or SST lines '<label> <text>'.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write contributions/, gold.csv and the contributor truth table.")],
+    gold_file: Annotated[Path, typer.Argument(
+        help="Gold-labelled text: CSV/TSV/Parquet with text,label, or SST lines '<label> <text>'.")],
+    out_dir: Annotated[Path, typer.Option(
+        "--out", help="Folder to write contributions/, gold.csv and the contributor truth table.")],
     n_contributors: Annotated[int, typer.Option(help="Number of simulated contributors.")] = 40,
     labels_per_item: Annotated[int, typer.Option(help="Labels per item (0 = 1 to 5 at random).")] = 3,
     spammer_share: Annotated[float, typer.Option(help="Share of spammers.")] = 0.2,
@@ -234,7 +239,8 @@ def promote(
     root: RootOpt = Path("."),
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Promote the challenger even if the gate says no.")] = False,
-    reason: Annotated[str | None, typer.Option(help="Why the gate is overridden (required with --force; recorded).")] = None,
+    reason: Annotated[str | None, typer.Option(
+        help="Why the gate is overridden (required with --force; recorded).")] = None,
 ) -> None:
     """Champion/challenger gate on the frozen gold test split; records the decision on the version."""
     p, paths = _load(params, root, set_)
@@ -287,8 +293,10 @@ def lineage(
 @app.command()
 def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
-    file: Annotated[Path | None, typer.Option("--file", help="A text file (one text per line) or CSV/Parquet with a `text` column.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write predictions to this CSV/Parquet instead of printing.")] = None,
+    file: Annotated[Path | None, typer.Option(
+        "--file", help="A text file (one text per line) or CSV/Parquet with a `text` column.")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Write predictions to this CSV/Parquet instead of printing.")] = None,
     model_uri: Annotated[str | None, typer.Option(help="Default: models:/<register.model_name>@champion.")] = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
@@ -323,18 +331,32 @@ def predict(
 
 @app.command()
 def aggregate(
-    labels: Annotated[Path, typer.Option("--labels", help="CSV/TSV/Parquet with one row per label (item, worker, label).")],
-    out: Annotated[Path, typer.Option("--out", help="Write item,label,confidence,n_labels,prob_<class>... (CSV or .parquet).")],
-    workers_out: Annotated[Path | None, typer.Option("--workers-out", help="Write each worker's reliability and its sd.")] = None,
-    gold: Annotated[Path | None, typer.Option("--gold", help="Known answers (item,label): they anchor the model, calibrate the confidence (a temperature, kept when cross-validation on the gold says it helps) and, with >= 20 items, check it by cross-fitting (5 extra fits; reported as a note).")] = None,
-    method: Annotated[str, typer.Option("--method", help="auto (default: the Dawid-Skene family stacked by held-out label likelihood, chosen per crowd) | dawid_skene | one_coin | mace | majority_vote.")] = "auto",
-    report: Annotated[Path | None, typer.Option("--report", help="Write the chosen model, the evidence for it (held-out likelihood and weight of every candidate), repeated pairs, the gold check and the notes as JSON.")] = None,
-    classes: Annotated[str | None, typer.Option("--classes", help="Comma-separated class list; a label outside it is an error. Default: the labels seen.")] = None,
+    labels: Annotated[Path, typer.Option(
+        "--labels", help="CSV/TSV/Parquet with one row per label (item, worker, label).")],
+    out: Annotated[Path, typer.Option(
+        "--out", help="Write item,label,confidence,n_labels,prob_<class>... (CSV or .parquet).")],
+    workers_out: Annotated[Path | None, typer.Option(
+        "--workers-out", help="Write each worker's reliability and its sd.")] = None,
+    gold: Annotated[Path | None, typer.Option(
+        "--gold", help="Known answers (item,label): they anchor the model, calibrate the confidence (a temperature, "
+                       "kept when cross-validation on the gold says it helps) and, with >= 20 items, check it by "
+                       "cross-fitting (5 extra fits; reported as a note).")] = None,
+    method: Annotated[str, typer.Option(
+        "--method", help="auto (default: the Dawid-Skene family stacked by held-out label likelihood, chosen per "
+                         "crowd) | dawid_skene | one_coin | mace | majority_vote.")] = "auto",
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Write the chosen model, the evidence for it (held-out likelihood and weight of every "
+                         "candidate), repeated pairs, the gold check and the notes as JSON.")] = None,
+    classes: Annotated[str | None, typer.Option(
+        "--classes", help="Comma-separated class list; a label outside it is an error. "
+                          "Default: the labels seen.")] = None,
     item_col: Annotated[str, typer.Option("--item-col", help="Item column name.")] = "item",
     worker_col: Annotated[str, typer.Option("--worker-col", help="Worker column name.")] = "worker",
     label_col: Annotated[str, typer.Option("--label-col", help="Label column name.")] = "label",
-    gold_item_col: Annotated[str, typer.Option("--gold-item-col", help="Item column of the --gold file (--item-col does not apply to it).")] = "item",
-    gold_label_col: Annotated[str, typer.Option("--gold-label-col", help="Label column of the --gold file (--label-col does not apply to it).")] = "label",
+    gold_item_col: Annotated[str, typer.Option(
+        "--gold-item-col", help="Item column of the --gold file (--item-col does not apply to it).")] = "item",
+    gold_label_col: Annotated[str, typer.Option(
+        "--gold-label-col", help="Label column of the --gold file (--label-col does not apply to it).")] = "label",
     seed: Annotated[int, typer.Option(help="Random seed (calibration subsample on very large inputs).")] = 0,
 ) -> None:
     """Aggregate crowd labels into one label per item, with calibrated confidence and worker reliability."""
@@ -372,7 +394,7 @@ def schedule(
     deployment: Annotated[str, typer.Option(help="Deployment name in prefect.yaml.")] = "nightly",
     root: RootOpt = Path("."),
 ) -> None:
-    """Serve the scheduled deployment from prefect.yaml (starts a Prefect server on loopback unless PREFECT_API_URL is set)."""
+    """Serve the scheduled deployment from prefect.yaml (starts a Prefect server on loopback unless PREFECT_API_URL is set)."""  # noqa: E501 -- one line: `crowdforge --help` keeps a docstring's line breaks
     import contextlib
     import os
 

@@ -127,7 +127,8 @@ def test_gold_checks_go_to_valid_with_their_expert_labels(tmp_path, n_check):
 
 
 def test_gold_checks_ignore_other_splits_and_unknown_labels():
-    gold = pd.DataFrame({"item_id": ["a", "b", "c", 4], "text": ["x"] * 4, "label": ["neutral", "angry", "positive", "negative"],
+    gold = pd.DataFrame({"item_id": ["a", "b", "c", 4], "text": ["x"] * 4,
+                         "label": ["neutral", "angry", "positive", "negative"],
                          "split": ["check", "check", "test", "check"]})
     assert augment.gold_checks(gold, CLASSES).to_dict() == {"a": "neutral", "4": "negative"}
     assert augment.gold_checks(None, CLASSES).empty

@@ -129,8 +129,10 @@ def test_distillation_into_one_student(built, tmp_path: Path) -> None:
     student = again["student"]
     assert student["strategy"] == "partial" and student["epochs_run"] >= 1
     n_train = len(pd.read_parquet(other.train))
-    assert n_train < student["n_train"] <= n_train + len(pd.read_parquet(other.unlabeled))  # self-training on unlabelled text
-    assert "student" in again["comparison"] and again["comparison"]["student"]["test_accuracy"] == student["test_accuracy"]
+    # self-training on unlabelled text
+    assert n_train < student["n_train"] <= n_train + len(pd.read_parquet(other.unlabeled))
+    assert ("student" in again["comparison"]
+            and again["comparison"]["student"]["test_accuracy"] == student["test_accuracy"])
     assert student["test_accuracy"] > 0.5  # chance is 1/3
     assert again["test_accuracy"] == pytest.approx(report["test_accuracy"])  # the ensemble itself is unchanged
     loaded = load_ensemble(other.ensemble / "student")

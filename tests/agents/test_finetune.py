@@ -94,7 +94,8 @@ def test_strategy_override_forces_every_member(tiny_backbone: Path) -> None:
     params = tiny_params(tiny_backbone, strategy="full")
     assert {m.strategy for m in finetune.effective_members(params)} == {"full"}
     assert [m.name for m in finetune.effective_members(params)] == [m["name"] for m in MEMBERS]
-    assert [m.strategy for m in finetune.effective_members(tiny_params(tiny_backbone))] == [m["strategy"] for m in MEMBERS]
+    assert ([m.strategy for m in finetune.effective_members(tiny_params(tiny_backbone))]
+            == [m["strategy"] for m in MEMBERS])
     with pytest.raises(ValueError, match="finetune.strategy"):
         finetune.effective_members(tiny_params(tiny_backbone, strategy="frozen"))
 
@@ -148,7 +149,8 @@ def test_finished_members_are_skipped_and_changed_ones_retrained(tiny_backbone: 
 
 
 @pytest.mark.parametrize("elr_weight", [0.0, 3.0])  # with ELR, each example's running target is resumed too
-def test_partial_member_resumes_after_a_crash_mid_training(tiny_backbone: Path, tmp_path: Path, elr_weight: float) -> None:
+def test_partial_member_resumes_after_a_crash_mid_training(tiny_backbone: Path, tmp_path: Path,
+                                                           elr_weight: float) -> None:
     import numpy as np
     from safetensors.numpy import load_file
 

@@ -198,4 +198,5 @@ def test_demo_data_every_row_and_line(tmp_path: Path) -> None:
     mal = pd.read_csv(simulation_dir(paths) / "malformed.csv", dtype=str, keep_default_na=False)
     parse_rows = mal[mal["expected_reason"] == "parse_error"]
     got = subs[subs["parse_error"].notna()][["source_file", "source_line"]].astype(str)
-    assert sorted(map(tuple, got.to_numpy())) == sorted(map(tuple, parse_rows[["source_file", "source_line"]].to_numpy()))
+    assert (sorted(map(tuple, got.to_numpy()))
+            == sorted(map(tuple, parse_rows[["source_file", "source_line"]].to_numpy())))

@@ -50,7 +50,8 @@ def test_run_adapts_and_saves_an_encoder(tiny_backbone: Path, tmp_path: Path) ->
     assert paths.report("pretrain").exists()
 
     gold_test = set(pd.read_parquet(paths.gold).query("split == 'test'")["text"])
-    assert report["n_texts"] == len(set(pd.read_parquet(paths.unlabeled)["text"]) | set(pd.read_parquet(paths.accepted)["text"]) - gold_test)
+    assert report["n_texts"] == len(set(pd.read_parquet(paths.unlabeled)["text"])
+                                    | set(pd.read_parquet(paths.accepted)["text"]) - gold_test)
 
     enc = AutoModel.from_pretrained(paths.pretrained)
     tok = AutoTokenizer.from_pretrained(paths.pretrained)
@@ -157,7 +158,8 @@ def test_simcse_objective_trains_sentence_embeddings(tiny_backbone: Path, tmp_pa
     assert report["perplexity_before"] is None and report["train_loss_first"] > 0
     assert report["eval_after"] < report["eval_before"]
     enc, base = AutoModel.from_pretrained(paths.pretrained), AutoModel.from_pretrained(tiny_backbone)
-    assert not torch.equal(enc.encoder.layer[0].attention.self.query.weight, base.encoder.layer[0].attention.self.query.weight)
+    assert not torch.equal(enc.encoder.layer[0].attention.self.query.weight,
+                           base.encoder.layer[0].attention.self.query.weight)
 
 
 def test_unknown_objective_is_an_error(tiny_backbone: Path, tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ def test_stage_ingest_then_validate_on_hostile_folder(tmp_path: Path) -> None:
     (c / "empty.csv").write_bytes(b"")
     (c / "header_only.tsv").write_text("item_id\ttext\tlabel\n")
     (c / "nested.jsonl").write_text('{"item_id": "n1", "text": {"a": 1}, "label": "neutral"}\n[1, 2]\n')
-    (c / "big5.csv").write_bytes("item_id,text,label\nz1,\u4e2d\u6587\u8a55\u8ad6\u5f88\u597d,positive\n".encode("big5"))
+    (c / "big5.csv").write_bytes(("item_id,text,label\n"
+                                  "z1,\u4e2d\u6587\u8a55\u8ad6\u5f88\u597d,positive\n").encode("big5"))
     (c / "big5.csv.encoding").write_text("big5")
     before = {p: p.read_bytes() for p in c.rglob("*") if p.is_file() and not p.is_symlink() and p.name != "pipe.csv"}
 

@@ -35,7 +35,8 @@ def test_mask_and_report() -> None:
 
 
 def test_evasions_are_found_and_marked_unmaskable() -> None:
-    wide = pii_report("call \uff0b\uff14\uff14 \uff12\uff10 \uff17\uff19\uff14\uff16 \uff10\uff19\uff15\uff18")  # full-width
+    wide = pii_report("call \uff0b\uff14\uff14 \uff12\uff10 "
+                      "\uff17\uff19\uff14\uff16 \uff10\uff19\uff15\uff18")  # full-width
     assert wide.kinds == ("phone",) and wide.unmaskable
     zw = pii_report("bob\u200b@example.com")
     assert zw.kinds == ("email",) and zw.unmaskable

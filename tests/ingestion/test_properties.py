@@ -84,7 +84,8 @@ def submissions(draw):
             data = b"\xef\xbb\xbf" + data
         files[f"{cid}.csv"] = data
     for k in range(draw(st.integers(0, 2))):
-        files[f"junk{k}.csv"] = draw(st.binary(min_size=1, max_size=200).filter(lambda b: b"\n" not in b or b"\xff" in b))
+        files[f"junk{k}.csv"] = draw(st.binary(min_size=1, max_size=200)
+                                     .filter(lambda b: b"\n" not in b or b"\xff" in b))
         n_bad += 1  # at most one row (a single line, or the whole file) - counted by the checks below
     return files, valid, n_bad
 

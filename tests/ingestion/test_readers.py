@@ -50,7 +50,8 @@ def test_oversized_line_is_cut_but_fully_hashed() -> None:
     assert nxt == readers.Line(2, "b\n", None)
     data = f"item_id,text,label\n{long}\n1,2,3\n".encode()
     rows = list(readers.read_delimited(iter(_lines(data, 100)), ",", 100))
-    assert rows[0].error.startswith("oversized record") and rows[1].fields == {"item_id": "1", "text": "2", "label": "3"}
+    assert (rows[0].error.startswith("oversized record")
+            and rows[1].fields == {"item_id": "1", "text": "2", "label": "3"})
 
 
 def test_unusable_header_keeps_every_line() -> None:

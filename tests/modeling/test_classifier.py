@@ -160,5 +160,7 @@ def test_cached_and_uncached_partial_training_agree(tiny_backbone: Path) -> None
         enc, tok = load_encoder(str(tiny_backbone))
         model = MeanPoolClassifier(enc, new_head(32, 3, 0))
         model.set_strategy("partial", unfreeze_layers=1)
-        results.append(clf.fit_classifier(model, tok, texts, q, w, texts[:12], y[:12], q[:12], 24, cfg, cache_frozen=cache))
-    assert [h["valid_nll"] for h in results[0].history] == pytest.approx([h["valid_nll"] for h in results[1].history], rel=1e-4)
+        results.append(clf.fit_classifier(model, tok, texts, q, w, texts[:12], y[:12], q[:12], 24, cfg,
+                                          cache_frozen=cache))
+    assert [h["valid_nll"] for h in results[0].history] == pytest.approx(
+        [h["valid_nll"] for h in results[1].history], rel=1e-4)

@@ -47,7 +47,8 @@ def test_dvc_repro_twice(tiny_project: Path) -> None:
     assert "Running stage" not in after_flow and "up to date" in after_flow
 
     out = sh("dvc", "repro", "-f", cwd=repo)  # DVC runs every stage itself (the same agents)
-    for stage in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register", "promote"):
+    for stage in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register",
+                  "promote"):
         assert f"Running stage '{stage}'" in out
     assert io.read_json(repo / "reports/promote.json")["decision"] == "kept"  # the same ensemble, the same version
 
@@ -57,7 +58,8 @@ def test_dvc_repro_twice(tiny_project: Path) -> None:
     # and the flow reuses what DVC produced
     sh("crowdforge", "run", cwd=repo)
     stages = {row["stage"]: row["cached"] for row in io.read_json(repo / "reports/summary.json")["stages"]}
-    assert all(stages[s] for s in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")), stages
+    assert all(stages[s] for s in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune",
+                                   "ensemble")), stages
     # push / pull round trip: a fresh clone pulls exactly these artifacts from the remote
     sh("dvc", "push", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)

@@ -39,7 +39,8 @@ def test_shape_and_contract(sim) -> None:
     per_item = labels.groupby("item_id").size()
     assert per_item.min() >= 2 and per_item.max() <= 6
     assert labels["submitted_at"].str.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$").all()
-    assert set(truth["contributor_id"]) == set(labels["contributor_id"]) | set(truth.loc[truth.n_labels == 0, "contributor_id"])
+    assert set(truth["contributor_id"]) == (set(labels["contributor_id"])
+                                            | set(truth.loc[truth.n_labels == 0, "contributor_id"]))
     assert len(truth) == 60
 
 
@@ -68,7 +69,8 @@ def test_kinds_and_accuracy_as_designed(sim) -> None:
         assert (own == lead.loc[own.index]).mean() > 0.85
     # measured accuracy in the truth table matches the labels
     assert np.allclose(truth.set_index("contributor_id")["accuracy"].dropna(),
-                       (merged["label"] == merged["item_id"].map(items)).groupby(merged["contributor_id"]).mean().round(4),
+                       (merged["label"] == merged["item_id"].map(items))
+                       .groupby(merged["contributor_id"]).mean().round(4),
                        atol=1e-4)
 
 
@@ -91,7 +93,8 @@ def test_configurable_mix() -> None:
 
 
 def test_allocation_and_bad_input() -> None:
-    assert allocate_counts({"expert": 0.5, "spammer": 0.5}, 5) in ({"expert": 3, "spammer": 2}, {"expert": 2, "spammer": 3})
+    assert allocate_counts({"expert": 0.5, "spammer": 0.5}, 5) in ({"expert": 3, "spammer": 2},
+                                                                   {"expert": 2, "spammer": 3})
     assert allocate_counts({"expert": 0.98, "adversary": 0.02}, 10)["adversary"] == 1
     with pytest.raises(ValueError, match="unknown contributor kind"):
         CrowdMix({"troll": 1.0})
@@ -136,7 +139,8 @@ def test_from_sst_file(tmp_path: Path) -> None:
 
 def test_from_file_with_shares(tmp_path: Path) -> None:
     src = tmp_path / "g.tsv"
-    pd.DataFrame({"text": [f"text {i}" for i in range(200)], "label": ["a", "b", "c", "d"] * 50}).to_csv(src, sep="\t", index=False)
+    pd.DataFrame({"text": [f"text {i}" for i in range(200)],
+                  "label": ["a", "b", "c", "d"] * 50}).to_csv(src, sep="\t", index=False)
     summary = simulate_crowd_from_file(src, tmp_path / "out", n_contributors=20, seed=2, labels_per_item=3,
                                        spammer_share=0.2, adversary_share=0.1)
     assert summary["kinds"] == {"adversary": 2, "ordinary": 14, "spammer": 4}

@@ -33,7 +33,8 @@ def test_class_order_may_change_but_names_may_not() -> None:
 def test_rules_negation_and_contrast() -> None:
     df = generate_texts(3000, seed=5)
     # "not <negative>" is neutral, never positive; "recommend" without "not/never" is positive
-    not_bad = df[df["text"].str.contains(r"\b(?:was not|is not) (?:bad|terrible|awful)\b") & ~df["text"].str.contains(" but |although")]
+    not_bad = df[df["text"].str.contains(r"\b(?:was not|is not) (?:bad|terrible|awful)\b")
+                 & ~df["text"].str.contains(" but |although")]
     assert len(not_bad) > 0 and set(not_bad["label"]) == {"neutral"}
     rec = df[df["text"].str.contains("would (?:definitely |happily )?recommend")]
     assert len(rec) > 0 and set(rec["label"]) == {"positive"}

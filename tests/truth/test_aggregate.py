@@ -37,7 +37,8 @@ def test_gold_check_exposes_errors_the_crowd_makes_together():
     assert any("over-confident" in n for n in few.notes)
     # the default tempers on the gold when cross-validation on it says so, even with 25 items
     tempered = aggregate(df, gold=truth.iloc[:25]).gold_check
-    assert abs(tempered["mean_confidence"] - tempered["accuracy"]) < few.gold_check["mean_confidence"] - few.gold_check["accuracy"]
+    assert (abs(tempered["mean_confidence"] - tempered["accuracy"])
+            < few.gold_check["mean_confidence"] - few.gold_check["accuracy"])
     # 150 gold items: the gold calibrates the confidence; the check measures how far that went
     gold = truth.iloc[:150]
     check = aggregate(df, gold=gold).gold_check

@@ -32,7 +32,8 @@ def test_aggregate_writes_items_and_workers(tmp_path):
 
 def test_aggregate_options_and_soft_cases(tmp_path):
     f = tmp_path / "x.csv"
-    pd.DataFrame({"it": ["a", "a", "b", "c", "c", "d", "e", "f"], "who": ["u", "v", "u", "u", "v", "lazy", "lazy", "lazy"],
+    pd.DataFrame({"it": ["a", "a", "b", "c", "c", "d", "e", "f"],
+                  "who": ["u", "v", "u", "u", "v", "lazy", "lazy", "lazy"],
                   "ans": ["y", "y", "n", "n", "n", "y", "y", "y"]}).to_parquet(tmp_path / "x.parquet")
     r = _run("--labels", tmp_path / "x.parquet", "--out", tmp_path / "o.parquet", "--item-col", "it",
              "--worker-col", "who", "--label-col", "ans", "--method", "mace", "--classes", "n,y,maybe")
@@ -49,7 +50,8 @@ def test_aggregate_options_and_soft_cases(tmp_path):
 @pytest.mark.parametrize("content, args, message", [
     ("", (), "the file is empty"),
     ("item,worker,label\n", (), "no label rows"),
-    ("item,worker,label\na,w1,x\na,w2,z\n", ("--classes", "x,y"), "outside the classes ['x', 'y']: ['z'], first at row(s) [3]"),
+    ("item,worker,label\na,w1,x\na,w2,z\n", ("--classes", "x,y"),
+     "outside the classes ['x', 'y']: ['z'], first at row(s) [3]"),
     ("item,worker,label\na,,x\n", (), "empty worker"),
     ("i,w,l\na,b,c\n", (), "missing column(s) 'item'"),
     ("item,worker,label\na,w1,x\n", ("--method", "magic"), "unknown method 'magic'"),

@@ -262,7 +262,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     lines = ["# Augment", "",
              (f"{stats['n_items']} items: {stats['n_train_items']} train, {stats['n_valid']} valid (never augmented; "
               f"{stats['n_valid_gold']} gold check items with their expert labels)."),
-             f"Thin classes: {', '.join(stats['thin_classes']) or 'none'}; {stats['n_augmented']} augmented rows added.",
+             (f"Thin classes: {', '.join(stats['thin_classes']) or 'none'}; "
+              f"{stats['n_augmented']} augmented rows added."),
              "", "| class | train before | train after | valid |", "|---|---|---|---|"]
     lines += [f"| {c} | {stats['counts_before'][c]} | {stats['counts_after'][c]} | {stats['valid_counts'][c]} |"
               for c in params.data.classes]

@@ -289,12 +289,15 @@ def distill_student(ens: Ensemble, params: Params, train_texts: Sequence[str], v
         result = fit_classifier(model, tokenizer, train_texts, q, w, valid_texts, y_valid, q_valid, ft.max_length,
                                 cfg, cache_frozen=ft.cache_frozen)
     student = Ensemble(classes, tokenizer, {"student": encoder},
-                       [Member("student", "student", head.weight.detach().numpy().copy(), head.bias.detach().numpy().copy(),
-                               meta={"strategy": ep.distill_strategy, "distilled_from": [m.name for m in ens.members]})],
+                       [Member("student", "student", head.weight.detach().numpy().copy(),
+                               head.bias.detach().numpy().copy(),
+                               meta={"strategy": ep.distill_strategy,
+                                     "distilled_from": [m.name for m in ens.members]})],
                        ens.max_length)
     calibrate_and_weight(student, student.member_logits(list(valid_texts)), q_valid, params.ensemble.calibrate, noise)
     info = {"strategy": ep.distill_strategy, "temperature": tau, "epochs_run": result.epochs_run,
-            "best_epoch": result.best_epoch, "n_train": len(train_texts), "train_seconds": round(result.train_seconds, 3)}
+            "best_epoch": result.best_epoch, "n_train": len(train_texts),
+            "train_seconds": round(result.train_seconds, 3)}
     return student, info
 
 
@@ -444,7 +447,8 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     lines = ["# ensemble", "", _headline_md(metrics),
              (f"ECE {metrics['test_ece']:.3f} (a perfectly calibrated model "
-              f"would show {metrics['test_ece_floor']:.3f} on this many items; p = {metrics['test_ece_p_value']:.2f})."),
+              f"would show {metrics['test_ece_floor']:.3f} on this many items; "
+              f"p = {metrics['test_ece_p_value']:.2f})."),
              (f"Temperatures and weights fitted on {metrics['valid_n']} valid items: "
               + ("gold check items with their expert labels." if source == "gold_check" else
                  f"crowd labels through a noise channel (mean label noise {metrics['valid_label_noise']:.3f}; "

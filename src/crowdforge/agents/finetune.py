@@ -24,7 +24,8 @@ a noise channel.
 
 Early-learning regularisation (``elr_weight``, Liu et al. 2020, "Early-Learning Regularization
 Prevents Memorization of Noisy Labels", NeurIPS): the refined labels are still wrong on some
-items, and a member's validation accuracy peaks early as it begins to memorise them. The loss adds ``elr_weight * log(1 - <p_i, t_i>)``, ``t_i`` the
+items, and a member's validation accuracy peaks early as it begins to memorise them. The loss adds
+``elr_weight * log(1 - <p_i, t_i>)``, ``t_i`` the
 running average of the member's own predictions for item ``i``, which holds later epochs to what
 was learnt early; the default is the paper's λ = 3 (the ablation is in BENCHMARKS.md). It applies to members
 that train the encoder (``partial``, ``full``): a ``head`` member is a linear model on frozen
@@ -142,7 +143,8 @@ def member_fingerprint(params: Params, paths: Paths, m: MemberParams, backbone: 
     ft = {k: v for k, v in asdict(params.finetune).items() if k not in ("members", "strategy", "checkpoint")}
     h = hashlib.sha256(json.dumps({"member": asdict(m), "finetune": ft, "classes": list(params.data.classes)},
                                   sort_keys=True, default=str).encode())
-    inputs = [paths.train, paths.valid] + ([paths.accepted] if m.bootstrap and m.bootstrap_unit == "contributor" else [])
+    inputs = [paths.train, paths.valid] + ([paths.accepted] if m.bootstrap and m.bootstrap_unit == "contributor"
+                                           else [])
     for f in inputs:
         h.update(_file_digest(f).encode() if f.exists() else b"-")
     h.update(backbone_fingerprint(backbone).encode())
@@ -156,7 +158,8 @@ def finished_member(params: Params, paths: Paths, name: str) -> dict[str, Any] |
         return None
     info = io.read_json(file)
     backbone, _ = encoder_source(paths, params)
-    return info if info.get("fingerprint") == member_fingerprint(params, paths, member_params(params, name), backbone) else None
+    return (info if info.get("fingerprint") == member_fingerprint(params, paths, member_params(params, name), backbone)
+            else None)
 
 
 def train_member(params: Params, paths: Paths, name: str, threads: int | None = None,
@@ -201,7 +204,8 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     elif m.bootstrap:
         train_df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id"])
         src = train_df["source_item_id"].fillna(train_df["item_id"]).astype(str)
-        accepted = pd.read_parquet(paths.accepted, columns=["contributor_id", "item_id"]) if paths.accepted.exists() else None
+        accepted = (pd.read_parquet(paths.accepted, columns=["contributor_id", "item_id"])
+                    if paths.accepted.exists() else None)
         w = w * contributor_bootstrap_weights(src.tolist(), accepted, seed)
         rows = np.flatnonzero(w > 0)
     balance = class_balance_factors(q[rows], w[rows], ft.class_weight)
@@ -304,7 +308,8 @@ def write_report(params: Params, paths: Paths, results: Sequence[dict[str, Any]]
         members[m.name]["bootstrap"] = m.bootstrap and m.bootstrap_unit
         members[m.name]["skipped"] = bool(info.get("skipped", False))
     best = max(members, key=lambda k: members[k]["valid_accuracy"])
-    lines = ["# finetune", "", "| member | strategy | valid acc | epochs | seconds | examples/s |", "|---|---|---|---|---|---|"]
+    lines = ["# finetune", "", "| member | strategy | valid acc | epochs | seconds | examples/s |",
+             "|---|---|---|---|---|---|"]
     for k, v in members.items():
         lines.append(f"| {k} | {v['strategy']} | {v['valid_accuracy']:.3f} | {v['epochs_run']} | "
                      f"{v['seconds']:.1f} | {v['examples_per_s']:.0f} |")

@@ -279,10 +279,12 @@ def _pretrain(texts: Sequence[str], cfg: PretrainParams, out_dir: Any, backbone:
             if cfg.max_seconds > 0 and elapsed0 + time.perf_counter() - t0 >= cfg.max_seconds:
                 stopped_by = "max_seconds"
                 break
-            batch = pad_features(tokenizer, [train_feats[i] for i in step_indices(len(train_feats), cfg.batch_size, cfg.seed, step)])
+            batch = pad_features(tokenizer, [train_feats[i] for i in step_indices(len(train_feats), cfg.batch_size,
+                                                                                  cfg.seed, step)])
             torch.manual_seed(cfg.seed * 7919 + step)  # dropout of this step
             if mlm:  # dynamic masking: a new mask every draw, seeded by the step
-                batch = mask_tokens(batch, tokenizer, cfg.mlm_probability, torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+                batch = mask_tokens(batch, tokenizer, cfg.mlm_probability,
+                                    torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
                 loss, n = mlm_loss_sum(model, batch)
                 loss = loss / max(n, 1)
             else:

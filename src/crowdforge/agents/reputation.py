@@ -368,7 +368,8 @@ def _confidence_line(check: dict[str, Any] | None) -> str:
                 "where contributors err together).")
     return (f"Confidence checked on the gold check items, each of {check['folds']} folds hidden in turn: "
             f"accuracy {check['accuracy']:.3f}, mean confidence {check['mean_confidence']:.3f}, "
-            f"ECE {check['ece']:.3f} (a perfectly calibrated output would show {check['ece_floor']:.3f} on this many items).")
+            f"ECE {check['ece']:.3f} (a perfectly calibrated output would show {check['ece_floor']:.3f} "
+            "on this many items).")
 
 
 def _sentence(text: str) -> str:

@@ -113,7 +113,8 @@ def pii_columns(text: pd.Series, policy: str) -> pd.DataFrame:
 
 def row_frame(subs: pd.DataFrame, policy: str) -> pd.DataFrame:
     """The frame suite 1 validates: the row's fields, the stripped text length and PII flags."""
-    frame = subs[["contributor_id", "item_id", "text", "label", "parse_error", "resubmission_of"]].reset_index(drop=True)
+    frame = subs[["contributor_id", "item_id", "text", "label", "parse_error",
+                  "resubmission_of"]].reset_index(drop=True)
     frame = frame.assign(text_chars=frame["text"].str.strip().str.len())
     return pd.concat([frame, pii_columns(frame["text"], policy)], axis=1)
 
@@ -209,7 +210,8 @@ class SuiteRunner:
         out = []
         for r in vres.results:
             if r.exception_info and r.exception_info.get("raised_exception"):
-                raise RuntimeError(f"expectation {r.expectation_config.type} raised: {r.exception_info.get('exception_message')}")
+                raise RuntimeError(f"expectation {r.expectation_config.type} raised: "
+                                   f"{r.exception_info.get('exception_message')}")
             check = by_id[r.expectation_config.id]
             out.append({
                 "suite": name, "reason": check.reason, "detail_column": check.detail_column,
@@ -289,7 +291,8 @@ def check_invariant(metrics: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- outputs
-def quarantine_file_copy(root: Path, contributions: Path, source: str, file_hash: str | None, dest_dir: Path) -> str | None:
+def quarantine_file_copy(root: Path, contributions: Path, source: str, file_hash: str | None,
+                         dest_dir: Path) -> str | None:
     """Copy an unreadable contribution file into quarantine, named by its content hash.
 
     The source path comes from the submissions table, so it is checked to lie inside
@@ -397,7 +400,8 @@ def summary_md(m: dict[str, Any], top: int = 10) -> str:
         for c, r in worst:
             main = max(r["reasons"].items(), key=lambda kv: kv[1])[0] if r["reasons"] else ""
             safe_c = "".join(ch if ch.isalnum() or ch in "_.:-" else "?" for ch in c[:40])
-            lines.append(f"| `{safe_c}` | {r['rows_in']} | {r['rows_quarantined']} | {r['failure_rate']:.0%} | `{main}` |")
+            lines.append(f"| `{safe_c}` | {r['rows_in']} | {r['rows_quarantined']} | {r['failure_rate']:.0%} | "
+                         f"`{main}` |")
     lines += ["", f"Data Docs: `{m['data_docs']}`; quarantine: `data/quarantine/quarantined.parquet`."]
     return "\n".join(lines) + "\n"
 

@@ -130,7 +130,8 @@ def scan_file(fh: BinaryIO, suffix: str, sidecar: str | None, default_encoding: 
         except UnicodeDecodeError:
             error = f"not {enc.codec} text (truncated at the end)"
     if error is not None:
-        hint = "" if enc is None or enc.how != "default" else f"; declare the encoding in a '<file>{SIDECAR_SUFFIX}' sidecar"
+        hint = ("" if enc is None or enc.how != "default"
+                else f"; declare the encoding in a '<file>{SIDECAR_SUFFIX}' sidecar")
         raise Unreadable(error + hint)
     if nuls > max(8, chars // 100):
         raise Unreadable(f"binary content ({nuls} NUL characters)")
@@ -202,8 +203,8 @@ def iter_records(lines: Iterator[Line], accept: Callable[[str], bool], max_chars
         first = buf[0]
         if first.full_hash is not None:
             buf.popleft()
-            yield Record(first.number, first.text.rstrip("\r\n"), f"oversized record (more than {max_chars} characters)",
-                         first.full_hash)
+            yield Record(first.number, first.text.rstrip("\r\n"),
+                         f"oversized record (more than {max_chars} characters)", first.full_hash)
             continue
         acc, odd, j = first.text, first.text.count('"') % 2, 0
         while odd and j < MAX_RECORD_LINES and len(acc) <= max_chars and fill(j + 2) and buf[j + 1].full_hash is None:
@@ -314,7 +315,8 @@ def read_json_lines(lines: Iterator[Line], max_chars: int) -> Iterator[RawRow]:
         if not record.strip():
             continue
         if ln.full_hash is not None:
-            yield _text_row(ln.number, record, None, f"oversized record (more than {max_chars} characters)", ln.full_hash)
+            yield _text_row(ln.number, record, None, f"oversized record (more than {max_chars} characters)",
+                            ln.full_hash)
             continue
         try:
             obj = json.loads(record)

@@ -115,7 +115,8 @@ class MeanPoolClassifier(nn.Module):
                 for p in layer.parameters():
                     p.requires_grad_(True)
             self._frozen = ([self.encoder] if k == 0 else
-                            [m for m in (getattr(self.encoder, "embeddings", None), *layers[: len(layers) - k]) if m is not None])
+                            [m for m in (getattr(self.encoder, "embeddings", None), *layers[: len(layers) - k])
+                             if m is not None])
         for p in self.head.parameters():
             p.requires_grad_(True)
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -534,7 +535,8 @@ def fit_classifier(
                 ema.copy_(state["elr_targets"])
 
         ckpt = EpochCheckpoint(Path(checkpoint_path), checkpoint_key,
-                               get_state=lambda: {"params": snapshot(), "opt": opt.state_dict(), "elr_targets": ema.clone()},
+                               get_state=lambda: {"params": snapshot(), "opt": opt.state_dict(),
+                                                  "elr_targets": ema.clone()},
                                set_state=set_state)
     result = _early_stopping(len(texts), cfg, step, evaluate, snapshot, restore,
                              lengths=lengths, checkpoint=ckpt, on_epoch=on_epoch)

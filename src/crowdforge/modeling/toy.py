@@ -19,7 +19,9 @@ CUES = {
     "neutral": ["okay", "average", "fine", "ordinary", "plain", "usual", "standard", "normal", "typical", "fair"],
     "positive": ["great", "excellent", "love", "wonderful", "best", "superb", "friendly", "fast", "perfect", "happy"],
 }
-FILLER = ["the", "delivery", "product", "service", "was", "and", "i", "it", "staff", "price", "really", "quite", "store", "order", "item", "arrived", "today", "experience", "my", "with", "for", "this", "that", "box", "phone", "support", "team", "week", "after", "before", "again"]
+FILLER = ["the", "delivery", "product", "service", "was", "and", "i", "it", "staff", "price", "really", "quite",
+          "store", "order", "item", "arrived", "today", "experience", "my", "with", "for", "this", "that", "box",
+          "phone", "support", "team", "week", "after", "before", "again"]
 
 
 def toy_texts(labels: Sequence[str], rng: np.random.Generator, n_words: int = 15, n_cues: int = 3) -> list[str]:
@@ -32,7 +34,8 @@ def toy_texts(labels: Sequence[str], rng: np.random.Generator, n_words: int = 15
     return out
 
 
-def toy_labelled(n: int, classes: Sequence[str], rng: np.random.Generator, prefix: str, noise: float = 0.1) -> pd.DataFrame:
+def toy_labelled(n: int, classes: Sequence[str], rng: np.random.Generator, prefix: str,
+                 noise: float = 0.1) -> pd.DataFrame:
     y = rng.integers(0, len(classes), n)
     labels = [classes[i] for i in y]
     q = np.full((n, len(classes)), noise / max(len(classes) - 1, 1))

@@ -78,12 +78,14 @@ def restore_commands(tags: dict[str, str], run_id: str) -> list[str]:
     commit = tags.get("git_commit", "unknown")
     cmds = []
     if commit != "unknown":
-        note = "  # the tree was dirty: uncommitted changes are not recoverable" if tags.get("git_dirty") == "true" else ""
+        note = ("  # the tree was dirty: uncommitted changes are not recoverable" if tags.get("git_dirty") == "true"
+                else "")
         cmds.append(f"git checkout {commit}{note}")
     cmds.append(f"mlflow artifacts download -u runs:/{run_id}/lineage -d lineage-{run_id[:8]}")
     cmds.append(f"cp lineage-{run_id[:8]}/params.yaml params.yaml")
     if tags.get("data.raw.dvc"):
-        cmds.append(f"cp lineage-{run_id[:8]}/raw.dvc data/raw.dvc && dvc pull data/raw.dvc   # raw data {tags['data.raw.dvc']}")
+        cmds.append(f"cp lineage-{run_id[:8]}/raw.dvc data/raw.dvc && dvc pull data/raw.dvc   "
+                    f"# raw data {tags['data.raw.dvc']}")
     cmds.append("dvc repro   # rebuilds every stage from that code, data and params")
     if tags.get("data.labels.md5"):
         cmds.append(f"md5sum data/processed/labels.parquet   # expect {tags['data.labels.md5']}")

@@ -41,6 +41,7 @@ def predict_texts(params: Params, paths: Paths, texts: list[str], model_uri: str
     try:
         model = mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
-        raise PredictError(f"cannot load {uri}: {exc.message}. Run `make run` (or `crowdforge promote`) first.") from None
+        raise PredictError(f"cannot load {uri}: {exc.message}. "
+                           "Run `make run` (or `crowdforge promote`) first.") from None
     pred = model.predict(pd.DataFrame({"text": texts}))
     return pd.concat([pd.DataFrame({"text": texts}), pred.reset_index(drop=True)], axis=1)

@@ -6,8 +6,9 @@ Both ``@challenger`` and ``@champion`` are scored now, on the same frozen gold t
 :mod:`crowdforge.metrics`), and never when it does not beat the majority-class baseline by that margin,
 first version included: a model that answers one class for everything is not promoted. When the
 challenger is the ensemble the ensemble stage just evaluated (same files, same test split), its test
-predictions are reused instead of predicted again. The gate refuses when the two versions were built against different gold test
-splits (a model may have trained on items that are now test items), unless forced with a reason.
+predictions are reused instead of predicted again. The gate refuses when the two versions were built
+against different gold test splits (a model may have trained on items that are now test items),
+unless forced with a reason.
 Every decision, both scores and the test-set hash are tags on the challenger version, so the
 registry itself says why a version is (not) champion. A file lock serialises promotions on one
 machine and the alias is re-read after it moves, so two concurrent gates cannot interleave.
@@ -194,11 +195,13 @@ def rollback(params: Params, paths: Paths, reason: str | None = None) -> dict[st
             raise PromotionError(f"model {name!r} has no champion to roll back")
         previous = champion.tags.get("promotion.previous_champion", "")
         if not previous:
-            raise PromotionError(f"champion version {champion.version} replaced no earlier champion: nothing to roll back to")
+            raise PromotionError(f"champion version {champion.version} replaced no earlier champion: "
+                                 "nothing to roll back to")
         client.set_registered_model_alias(name, "champion", previous)
         note = reason or "rollback"
         client.set_model_version_tag(name, str(champion.version), "rollback.at", _now())
         client.set_model_version_tag(name, str(champion.version), "rollback.reason", note)
         client.set_model_version_tag(name, previous, "rollback.restored_from", str(champion.version))
-    md = f"## rollback\n\n`{name}` champion moved back from version {champion.version} to version {previous} ({note}).\n"
+    md = (f"## rollback\n\n`{name}` champion moved back from version {champion.version} to version {previous} "
+          f"({note}).\n")
     return {"from_version": int(champion.version), "to_version": int(previous), "summary_md": md}

@@ -197,7 +197,8 @@ def simulate_crowd(
     n_copiers = min(mix.copiers, max(0, n_contributors - 2)) if n_contributors >= 4 else 0
     n_base = n_contributors - n_copiers
     if n_base < 1 or not 1 <= lo <= hi:
-        raise ValueError(f"need >= 1 contributor and 1 <= low <= high labels per item; got {n_contributors}, {labels_per_item}")
+        raise ValueError("need >= 1 contributor and 1 <= low <= high labels per item; "
+                         f"got {n_contributors}, {labels_per_item}")
     hi_eff = min(hi, n_base)
     lo = min(lo, hi_eff)
 

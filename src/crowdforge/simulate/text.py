@@ -60,7 +60,8 @@ TOPICS: dict[str, dict[str, list[str]]] = {
         ],
     },
     "movies": {
-        "nouns": ["movie", "plot", "ending", "soundtrack", "acting", "sequel", "script", "trailer", "director's cut", "series"],
+        "nouns": ["movie", "plot", "ending", "soundtrack", "acting", "sequel", "script", "trailer", "director's cut",
+                  "series"],
         "pos": ["moving", "gripping", "hilarious"],
         "neg": ["dull", "predictable", "clumsy"],
         "facts": [
@@ -71,7 +72,8 @@ TOPICS: dict[str, dict[str, list[str]]] = {
         ],
     },
     "service": {
-        "nouns": ["staff", "waiter", "support team", "delivery", "receptionist", "manager", "checkout", "help desk", "courier", "service"],
+        "nouns": ["staff", "waiter", "support team", "delivery", "receptionist", "manager", "checkout", "help desk",
+                  "courier", "service"],
         "pos": ["helpful", "friendly", "polite"],
         "neg": ["rude", "slow", "careless"],
         "facts": [
@@ -82,7 +84,8 @@ TOPICS: dict[str, dict[str, list[str]]] = {
         ],
     },
     "books": {
-        "nouns": ["novel", "chapter", "author", "cover", "story", "translation", "audiobook", "poem", "biography", "sequel"],
+        "nouns": ["novel", "chapter", "author", "cover", "story", "translation", "audiobook", "poem", "biography",
+                  "sequel"],
         "pos": ["beautiful", "clever", "engaging"],
         "neg": ["tedious", "confusing", "shallow"],
         "facts": [
@@ -93,7 +96,8 @@ TOPICS: dict[str, dict[str, list[str]]] = {
         ],
     },
     "games": {
-        "nouns": ["game", "level", "controller", "multiplayer", "graphics", "boss fight", "tutorial", "expansion", "console", "story mode"],
+        "nouns": ["game", "level", "controller", "multiplayer", "graphics", "boss fight", "tutorial", "expansion",
+                  "console", "story mode"],
         "pos": ["addictive", "polished", "fun"],
         "neg": ["repetitive", "unfair", "glitchy"],
         "facts": [

@@ -51,7 +51,8 @@ def _read_table(path: Path, what: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise AggregateError(f"{path}: the file is empty (expected a header and {what} rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
-        raise AggregateError(f"{path}: cannot read as {'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'}: {exc}") from None
+        raise AggregateError(f"{path}: cannot read as "
+                             f"{'Parquet' if path.suffix.lower() in ('.parquet', '.pq') else 'CSV'}: {exc}") from None
 
 
 def _row_no(path: Path, pos: np.ndarray) -> list[int]:
@@ -236,7 +237,8 @@ def model_note(model: dict[str, Any]) -> str:
     """One line for a person: the chosen model and its weight among the members."""
     if "evidence" not in model:
         return f"model: {model['method']} ({model['estimator']})"
-    stacked = sorted((e for e in model["evidence"] if e["stacking_weight"] >= 0.01), key=lambda e: -e["stacking_weight"])
+    stacked = sorted((e for e in model["evidence"] if e["stacking_weight"] >= 0.01),
+                     key=lambda e: -e["stacking_weight"])
     weights = ", ".join(f"{e['model']} {e['stacking_weight']:.2f}" for e in stacked)
     mixed = [e["model"] for e in model["evidence"] if 0 < e["weight"] < 1]
     best = max(model["evidence"], key=lambda e: e["heldout_loglik"])

@@ -128,7 +128,8 @@ def confidence_ece(conf: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> f
     if len(conf) == 0:
         return float("nan")
     bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins) - np.bincount(bins, weights=conf, minlength=n_bins))
+    gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins)
+                 - np.bincount(bins, weights=conf, minlength=n_bins))
     return float(gap.sum() / len(conf))
 
 

@@ -102,14 +102,16 @@ class StackedDawidSkene(FitPredict):
     **Known answers** (``gold``) are clamped during every EM, and a final temperature is fitted to
     them (Guo et al. 2017) when five-fold cross-validation on the gold shows it raises the
     held-out likelihood of the known answers (``gold_temperature_gain_``, nats per item;
-    :func:`crowdforge.truth.calibration.gold_temperature`). ``worker_prior`` (confusion pseudo-counts, a track record) enters every member.
+    :func:`crowdforge.truth.calibration.gold_temperature`). ``worker_prior`` (confusion pseudo-counts,
+    a track record) enters every member.
 
     Fitted attributes: ``probas_``, ``labels_``, ``errors_`` and ``priors_`` (weighted means of the
     members'), ``counts_`` (expected confusion counts from this data under ``probas_``),
     ``worker_accuracy_`` / ``worker_accuracy_sd_`` (Beta posterior from ``counts_`` +
     ``worker_prior``), ``worker_n_labels_``, ``evidence_`` (per member: mean held-out
     log-likelihood per label, temperature, stacking weight, weight in the output), ``weights_``,
-    ``chosen_`` (the member with the largest stacking weight), ``gold_temperature_``, ``n_selection_labels_``, ``n_iter_``.
+    ``chosen_`` (the member with the largest stacking weight), ``gold_temperature_``,
+    ``n_selection_labels_``, ``n_iter_``.
     """
 
     folds: int = 5
