@@ -25,7 +25,7 @@ from crowdforge.config import Params, load_params
 from crowdforge.paths import Paths
 from crowdforge.run_lock import run_lock
 from crowdforge.runtime import configure_environment, set_torch_threads
-from crowdforge.stages import STAGES, Stage, fingerprint, outputs_exist, record_run, up_to_date
+from crowdforge.stages import BUILD_STAGES, STAGES, Stage, fingerprint, outputs_exist, record_run, up_to_date
 
 configure_environment()
 
@@ -257,7 +257,7 @@ def _pipeline(params_file: str, root: str, overrides: dict[str, Any] | None, for
     record("version-raw-data", time.perf_counter() - t0, state, state.result())
 
     prev: Any = None
-    for name in ("ingest", "validate", "reputation", "augment", "pretrain"):
+    for name in BUILD_STAGES[: BUILD_STAGES.index("finetune")]:  # finetune: members as concurrent tasks
         prev = reused(name) or call(name, _fresh(run_stage, STAGES[name], root_path, force), name=name, upstream=prev)
 
     prev = reused("finetune") or _finetune(params, common, root_path, force, prev, record, timeline)

@@ -109,7 +109,9 @@ STAGES: dict[str, Stage] = {
     )
 }
 
-AGENTS = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register")
+# the order of STAGES is the pipeline's order, everywhere (flow, reports, tests)
+AGENTS = tuple(name for name in STAGES if name != "promote")  # stages with an agent module (promote is the gate)
+BUILD_STAGES = AGENTS[: AGENTS.index("register")]  # the stages that build and evaluate the model
 
 
 def _hash_path(h: hashlib._Hash, root: Path, rel: str) -> None:

@@ -11,8 +11,9 @@ import pytest
 from crowdforge import io
 from crowdforge.config import load_params
 from crowdforge.paths import Paths
+from crowdforge.stages import BUILD_STAGES
 
-HEAVY = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")
+HEAVY = BUILD_STAGES
 
 
 @pytest.fixture(scope="module")

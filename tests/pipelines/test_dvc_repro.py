@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from crowdforge import io
+from crowdforge.stages import BUILD_STAGES, STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,8 +48,7 @@ def test_dvc_repro_twice(tiny_project: Path) -> None:
     assert "Running stage" not in after_flow and "up to date" in after_flow
 
     out = sh("dvc", "repro", "-f", cwd=repo)  # DVC runs every stage itself (the same agents)
-    for stage in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register",
-                  "promote"):
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in out
     assert io.read_json(repo / "reports/promote.json")["decision"] == "kept"  # the same ensemble, the same version
 
@@ -58,8 +58,7 @@ def test_dvc_repro_twice(tiny_project: Path) -> None:
     # and the flow reuses what DVC produced
     sh("crowdforge", "run", cwd=repo)
     stages = {row["stage"]: row["cached"] for row in io.read_json(repo / "reports/summary.json")["stages"]}
-    assert all(stages[s] for s in ("ingest", "validate", "reputation", "augment", "pretrain", "finetune",
-                                   "ensemble")), stages
+    assert all(stages[s] for s in BUILD_STAGES), stages
     # push / pull round trip: a fresh clone pulls exactly these artifacts from the remote
     sh("dvc", "push", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)

@@ -25,8 +25,9 @@ from safetensors.numpy import load_file, save_file
 
 from crowdforge.config import load_params
 from crowdforge.paths import Paths
+from crowdforge.stages import BUILD_STAGES
 
-AGENTS = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")
+AGENTS = BUILD_STAGES
 
 
 def make_constant(ensemble_dir: Path, class_index: int) -> None:

@@ -13,8 +13,9 @@ from crowdforge.config import Params, load_params
 from crowdforge.paths import Paths
 from crowdforge.reporting import build_report
 from crowdforge.reporting.html_report import calibration_bins, gold_test_predictions
+from crowdforge.stages import BUILD_STAGES
 
-AGENTS = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")
+AGENTS = BUILD_STAGES
 IMAGE = "data:image/png;base64,"
 
 

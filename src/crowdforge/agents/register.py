@@ -18,8 +18,9 @@ from crowdforge import io
 from crowdforge.config import Params
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
+from crowdforge.stages import BUILD_STAGES
 
-REPORT_STAGES = ("ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble")
+REPORT_STAGES = BUILD_STAGES
 DATA_PATHS = ["data/raw", "data/interim/accepted.parquet", "data/processed/labels.parquet",
               "data/processed/train_augmented.parquet", "data/reputation/ledger.parquet"]
 
