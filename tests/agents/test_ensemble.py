@@ -209,3 +209,23 @@ def test_student_corpus_adds_unlabelled_text_but_never_held_out_text() -> None:
     corpus = ensemble.student_corpus(["a good film", "dull"], ["A  good film", "new text", "the test item", ""],
                                      held_out=["The test item", "dull"])
     assert corpus == ["a good film", "new text"]
+
+
+def test_decision_bias_recovers_a_rare_class_the_arg_max_never_picks() -> None:
+    # calibrated but never above 0.5 for the rare class: the arg-max answers the common class only
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.1).astype(int)
+    p1 = np.clip(np.where(y == 1, 0.35, 0.08) + rng.normal(0, 0.05, 400), 0.01, 0.45)
+    probs = np.c_[1 - p1, p1]
+    b = ensemble.fit_decision_bias(probs, y, 2)
+    assert b[0] == 0 and b[1] > 0
+    decided = (np.log(probs) + b).argmax(1)
+    assert label_f1(y, decided) > label_f1(y, probs.argmax(1)) + 0.3
+    balanced = np.eye(2)[[0, 1] * 50] * 0.8 + 0.1  # the arg-max is already right: nothing to move
+    assert np.allclose(ensemble.fit_decision_bias(balanced, np.array([0, 1] * 50), 2), 0.0)
+
+
+def label_f1(y, pred) -> float:
+    from crowdforge.metrics import label_metrics
+
+    return label_metrics(y, pred, 2)["macro_f1"]

@@ -80,3 +80,18 @@ def test_unknown_encoder_is_rejected(tiny_backbone: Path) -> None:
     ens = _ensemble(tiny_backbone)
     with pytest.raises(ValueError, match="unknown encoder"):
         Ensemble(ens.classes, ens.tokenizer, {}, ens.members, 16)
+
+
+def test_decision_bias_moves_labels_not_probabilities_and_is_saved(tiny_backbone: Path, tmp_path: Path) -> None:
+    ens = _ensemble(tiny_backbone)
+    texts = ["the soup was fine", "not good", "great phone"]
+    before = ens.predict(texts)
+    ens.decision_bias = np.array([0.0, 0.0, 50.0])  # the last class wins every decision
+    after = ens.predict(texts)
+    assert (after["label"] == ens.classes[-1]).all()
+    probs = [f"prob_{c}" for c in ens.classes]
+    np.testing.assert_allclose(after[probs].to_numpy(), before[probs].to_numpy())
+    assert np.allclose(after["confidence"], after[f"prob_{ens.classes[-1]}"])
+    loaded = load_ensemble(ens.save(tmp_path / "e"))
+    assert np.allclose(loaded.decision_bias, [0.0, 0.0, 50.0])
+    assert (loaded.predict(texts)["label"] == ens.classes[-1]).all()

@@ -62,7 +62,7 @@ import pandas as pd
 from crowdforge import io
 from crowdforge.config import Params
 from crowdforge.gold import gold_test, test_set_hash, text_key
-from crowdforge.metrics import evaluate, label_metrics
+from crowdforge.metrics import evaluate, headline_metric, label_metrics
 from crowdforge.modeling.backbone import resolve_backbone
 from crowdforge.modeling.inference import Ensemble, Member, softmax
 from crowdforge.modeling.members import (
@@ -161,8 +161,46 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = E
     return calibration.expected_calibration_error(probs, y, n_bins)
 
 
-def classification_metrics(probs: np.ndarray, y: np.ndarray, n_classes: int) -> dict[str, float]:
-    scores = label_metrics(y, probs.argmax(1), n_classes)
+def fit_decision_bias(probs: np.ndarray, y: np.ndarray, n_classes: int, rounds: int = 3,
+                      max_candidates: int = 200) -> np.ndarray:
+    """Offsets ``b`` on ``log p`` whose ``argmax(log p + b)`` maximises macro-F1 on labelled items.
+
+    With imbalanced classes a calibrated model rarely gives the rare class the largest probability,
+    so the arg-max of calibrated probabilities answers the common class almost always; moving the
+    decision threshold (a per-class offset, the plug-in rule for F-measures, Lipton et al. 2014,
+    "Thresholding classifiers to maximize F1") recovers the rare class without touching the
+    probabilities. Coordinate ascent over the offsets at which some item's decision flips (class 0
+    fixed at 0); an offset is kept only when it raises macro-F1 on these items.
+    """
+    logp = np.log(np.clip(np.asarray(probs, float), 1e-12, None))
+    b = np.zeros(n_classes)
+
+    def score(bias: np.ndarray) -> float:
+        return label_metrics(y, (logp + bias).argmax(1), n_classes)["macro_f1"]
+
+    best = score(b)
+    for _ in range(rounds):
+        before = best
+        for k in range(1, n_classes):
+            others = np.delete(logp + b, k, axis=1).max(1)
+            flips = np.unique(others - logp[:, k])  # b_k above which item i is decided k
+            if len(flips) > max_candidates:
+                flips = np.unique(np.quantile(flips, np.linspace(0, 1, max_candidates)))
+            for c in np.r_[(flips[:-1] + flips[1:]) / 2, flips[0] - 1e-6, flips[-1] + 1e-6]:
+                trial = b.copy()
+                trial[k] = c
+                s = score(trial)
+                if s > best + 1e-12 or (abs(s - best) <= 1e-12 and abs(c) < abs(b[k])):
+                    best, b = s, trial
+        if best <= before + 1e-12:
+            break
+    return b
+
+
+def classification_metrics(probs: np.ndarray, y: np.ndarray, n_classes: int,
+                           decide: Any = None) -> dict[str, float]:
+    """Scores of the decisions (``decide(probs)``, default arg-max) and the calibration of ``probs``."""
+    scores = label_metrics(y, (decide or (lambda p: p.argmax(1)))(probs), n_classes)
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"],
             "ece": expected_calibration_error(probs, y), "nll": soft_nll(probs, np.eye(n_classes)[y])}
 
@@ -316,12 +354,14 @@ def student_corpus(train_texts: Sequence[str], unlabeled: Sequence[str], held_ou
     return out
 
 
-def test_predictions(test: pd.DataFrame, probs: np.ndarray, classes: Sequence[str]) -> pd.DataFrame:
+def test_predictions(test: pd.DataFrame, probs: np.ndarray, classes: Sequence[str],
+                     decided: np.ndarray | None = None) -> pd.DataFrame:
     """Per-item ensemble predictions on the gold test split, so reports need not predict again."""
+    decided = probs.argmax(1) if decided is None else decided
     out = pd.DataFrame({"item_id": test["item_id"].astype(str).to_numpy(),
                         "gold": test["label"].astype(str).to_numpy(),
-                        "label": np.asarray(classes)[probs.argmax(1)],
-                        "confidence": probs.max(1)})
+                        "label": np.asarray(classes)[decided],
+                        "confidence": probs[np.arange(len(probs)), decided]})
     for i, c in enumerate(classes):
         out[f"prob_{c}"] = probs[:, i]
     return out
@@ -356,6 +396,10 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     with track(2, "ensemble: score valid, fit, score test") as advance:
         valid_logits = ens.member_logits(v_texts)
         calibrate_and_weight(ens, valid_logits, fit_target, params.ensemble.calibrate, noise)
+        # a decision threshold for imbalanced classes, fitted on the expert-labelled valid rows only
+        if gold_rows.any() and headline_metric(y_valid[gold_rows], len(classes)) == "macro_f1":
+            ens.decision_bias = fit_decision_bias(ens.combine(valid_logits)[gold_rows], y_valid[gold_rows],
+                                                  len(classes))
         advance()
         # --- only now, with everything fitted, touch the frozen test split ---
         test = gold_test(paths.gold)
@@ -368,9 +412,12 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         return {"weighted": ens.combine(logits), "average": np.mean(raw, axis=0), "majority_vote": majority_vote(raw)}
 
     valid_s, test_s = schemes(valid_logits), schemes(test_logits)
+    decide = {"weighted": ens.decide}  # the shipped ensemble's decisions (its threshold); the others: arg-max
     comparison = {
-        name: {**{f"valid_{k}": v for k, v in classification_metrics(valid_s[name], y_valid, len(classes)).items()},
-               **{f"test_{k}": v for k, v in classification_metrics(test_s[name], y_test, len(classes)).items()}}
+        name: {**{f"valid_{k}": v for k, v in classification_metrics(
+                   valid_s[name], y_valid, len(classes), decide.get(name)).items()},
+               **{f"test_{k}": v for k, v in classification_metrics(
+                   test_s[name], y_test, len(classes), decide.get(name)).items()}}
         for name in valid_s
     }
     members = {
@@ -403,7 +450,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
 
     best = comparison["weighted"]
     floor = calibration.ece_sampling_floor(test_s["weighted"], best["test_ece"], ECE_BINS)
-    headline = evaluate(y_test, test_s["weighted"].argmax(1), len(classes))
+    headline = evaluate(y_test, ens.decide(test_s["weighted"]), len(classes))
     metrics = {
         "classes": classes,
         "test_accuracy": best["test_accuracy"],
@@ -417,6 +464,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "test_beats_majority_by": headline["beats_majority_by"],
         "test_ece": best["test_ece"],
         "ece_bins": ECE_BINS,
+        "decision_bias": dict(zip(classes, (float(b) for b in ens.decision_bias), strict=True)),
         "test_ece_floor": floor["mean"],
         "test_ece_p_value": floor["p_value"],
         "test_nll": best["test_nll"],
@@ -441,7 +489,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
             student.save(tmp / "student", extra={"test_set_hash": metrics["test_set_hash"],
                                                  "test_accuracy": student_info["test_accuracy"]})
     io.write_parquet(paths.test_predictions,
-                     test_predictions(test, test_s["weighted"], classes))
+                     test_predictions(test, test_s["weighted"], classes, ens.decide(test_s["weighted"])))
     metrics["ensemble_md5"] = md5_path(paths.ensemble)  # the gate reuses these test predictions for this ensemble
     metrics["seconds"] = round(time.perf_counter() - start, 3)
 

@@ -103,6 +103,7 @@ class Ensemble:
         members: Sequence[Member],
         max_length: int,
         batch_size: int = 64,
+        decision_bias: Sequence[float] | None = None,
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -117,6 +118,9 @@ class Ensemble:
         self.members: list[Member] = list(members)
         self.max_length = int(max_length)
         self.batch_size = int(batch_size)
+        # added to log p before the arg-max that picks the label (a decision threshold fitted on
+        # expert labels for imbalanced classes); the probabilities themselves stay calibrated
+        self.decision_bias = np.zeros(len(self.classes)) if decision_bias is None else np.asarray(decision_bias, float)
         for enc in self.encoders.values():
             enc.eval()
 
@@ -150,14 +154,20 @@ class Ensemble:
             return np.zeros((0, len(self.classes)))
         return self.combine(self.member_logits(texts))
 
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Class index per row: ``argmax(log p + decision_bias)``."""
+        if not len(probs):
+            return np.zeros(0, dtype=int)
+        return (np.log(np.clip(probs, 1e-12, None)) + self.decision_bias).argmax(axis=1)
+
     def predict(self, texts: Sequence[str]) -> pd.DataFrame:
-        """``label``, ``confidence`` and one ``prob_<class>`` column per class."""
+        """``label``, ``confidence`` (the probability of that label) and one ``prob_<class>`` column per class."""
         probs = self.predict_proba(texts)
-        top = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+        top = self.decide(probs)
         df = pd.DataFrame(
             {
                 "label": [self.classes[i] for i in top],
-                "confidence": probs.max(axis=1) if len(probs) else np.zeros(0),
+                "confidence": probs[np.arange(len(probs)), top] if len(probs) else np.zeros(0),
             }
         )
         for j, c in enumerate(self.classes):
@@ -193,6 +203,7 @@ class Ensemble:
             "classes": self.classes,
             "max_length": self.max_length,
             "batch_size": self.batch_size,
+            "decision_bias": [float(b) for b in self.decision_bias],
             "tokenizer": "tokenizer",
             "encoders": {key: f"encoders/{key}" for key in used},
             "members": members_json,
@@ -227,4 +238,4 @@ def load_ensemble(path: str | Path) -> Ensemble:
                    meta=m.get("meta", {}))
         )
     return Ensemble(index["classes"], tokenizer, encoders, members, index["max_length"],
-                    index.get("batch_size", 64))
+                    index.get("batch_size", 64), index.get("decision_bias"))
