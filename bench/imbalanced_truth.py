@@ -40,10 +40,10 @@ def main() -> int:
         labels, _ = simulate_crowd(items, ["match", "no_match"], 60, seed=seed, labels_per_item=3, mix=mix)
         data = labels.rename(columns={"item_id": "task", "contributor_id": "worker"})[["task", "worker", "label"]]
         truth = items.set_index("item_id")["label"]
-        methods = {f"cf {m}": (lambda m=m: make_estimator(m).fit(data).labels_)
+        methods = {f"cf {m}": (lambda m=m, d=data: make_estimator(m).fit(d).labels_)
                    for m in ("auto", "dawid_skene", "one_coin", "mace", "majority_vote")}
-        methods["ck DawidSkene"] = lambda: ck.DawidSkene(n_iter=100).fit_predict(data)
-        methods["ck MajorityVote"] = lambda: ck.MajorityVote().fit_predict(data)
+        methods["ck DawidSkene"] = lambda d=data: ck.DawidSkene(n_iter=100).fit_predict(d)
+        methods["ck MajorityVote"] = lambda d=data: ck.MajorityVote().fit_predict(d)
         for name, fit in methods.items():
             pred = fit().reindex(truth.index)
             rows.append({"seed": seed, "method": name, "accuracy": float((pred == truth).mean()),
@@ -55,7 +55,8 @@ def main() -> int:
     print("| method | accuracy | F1 of the rare class | items labelled rare | truly rare |")
     print("|---|---|---|---|---|")
     for name, r in mean.iterrows():
-        print(f"| {name} | {r['accuracy']:.3f} | {r['rare_f1']:.3f} | {r['labelled_rare']:.0f} | {r['truly_rare']:.0f} |")
+        print(f"| {name} | {r['accuracy']:.3f} | {r['rare_f1']:.3f} | {r['labelled_rare']:.0f} "
+              f"| {r['truly_rare']:.0f} |")
     return 0
 
 
