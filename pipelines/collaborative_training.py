@@ -199,7 +199,11 @@ def record_in_dvc(root: str) -> dict[str, Any]:
     run = _dvc(root_path)
     if run is None or not (root_path / "dvc.yaml").exists():
         return {"committed": False}
-    run("commit", "-f", "-q")
+    try:
+        run("commit", "-f", "-q")
+    except RuntimeError as exc:  # the model is registered already: say so, do not fail the run for it
+        get_run_logger().warning("dvc.lock not updated (dvc repro will rerun the stages): %s", exc)
+        return {"committed": False}
     return {"committed": True}
 
 
