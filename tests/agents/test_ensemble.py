@@ -229,3 +229,13 @@ def label_f1(y, pred) -> float:
     from crowdforge.metrics import label_metrics
 
     return label_metrics(y, pred, 2)["macro_f1"]
+
+
+def test_decision_bias_is_dropped_when_cross_validation_does_not_support_it() -> None:
+    rng = np.random.default_rng(1)
+    y = (rng.random(30) < 0.2).astype(int)
+    noise = rng.random(30) * 0.4  # probabilities unrelated to the labels: any offset is fitted noise
+    probs = np.c_[1 - noise, noise]
+    assert np.allclose(ensemble.checked_decision_bias(probs, y, 2), 0.0)
+    p1 = np.where(y == 1, 0.4, 0.1)  # informative but never above 0.5: the offset generalises
+    assert ensemble.checked_decision_bias(np.c_[1 - p1, p1], y, 2)[1] > 0

@@ -1,7 +1,7 @@
 """Register, gate, force, rollback, lineage and HTTP serving against a real MLflow (SQLite) registry.
 
 The trained tiny ensemble, a deliberately constant one (always the most frequent gold-test class:
-exactly the majority-class baseline) and a rescaled copy of the trained one (different files, the
+exactly the majority-class baseline) and a shifted copy of the trained one (different files, the
 same predictions) make the gate's decisions deterministic.
 """
 
@@ -39,11 +39,12 @@ def make_constant(ensemble_dir: Path, class_index: int) -> None:
         save_file({"weight": np.zeros_like(tensors["weight"]), "bias": bias}, head)
 
 
-def rescale(ensemble_dir: Path, factor: float) -> None:
-    """Multiply every head by ``factor > 0``: new files, the same arg-max predictions."""
+def shift(ensemble_dir: Path, offset: float) -> None:
+    """Add ``offset`` to every head's bias for every class: new files, the same probabilities (a softmax
+    does not see a constant added to all logits), so the same decisions."""
     for head in sorted((ensemble_dir / "heads").glob("*.safetensors")):
         tensors = load_file(head)
-        save_file({k: v * factor for k, v in tensors.items()}, head)
+        save_file({"weight": tensors["weight"], "bias": tensors["bias"] + offset}, head)
 
 
 def use_ensemble(paths: Paths, source: Path) -> None:
@@ -98,7 +99,7 @@ def test_gate_force_rollback_and_lineage(project):
     assert first["challenger_metric"] == pytest.approx(
         json.loads(paths.report("ensemble").read_text())[f"test_{first['metric']}"])
 
-    rescale(paths.ensemble, 0.5)  # other files (a new version, scored by the registry), same answers
+    shift(paths.ensemble, 1.0)  # other files (a new version, scored by the registry), same answers
     assert register.run(params, paths)["version"] == 3
     second = promote(params, paths)
     assert second["decision"] == "rejected", second["reason"]

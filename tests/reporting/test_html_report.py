@@ -12,7 +12,7 @@ from crowdforge import io
 from crowdforge.config import Params, load_params
 from crowdforge.paths import Paths
 from crowdforge.reporting import build_report
-from crowdforge.reporting.html_report import calibration_bins, gold_test_predictions
+from crowdforge.reporting.html_report import calibration_bins, gold_test_predictions, probability_confidence
 from crowdforge.stages import BUILD_STAGES
 
 AGENTS = BUILD_STAGES
@@ -50,7 +50,7 @@ def test_report_has_five_plots_and_the_key_numbers(tiny_run: tuple[Params, Paths
         assert f'<div class="v">{value}</div>' in page, value
     # the calibration plot re-predicts the shipped ensemble: its ECE must be the ensemble agent's
     pred = gold_test_predictions(paths, params.data.classes)
-    bins = calibration_bins(pred["confidence"].to_numpy(), (pred["label"] == pred["gold"]).to_numpy())
+    bins = calibration_bins(*probability_confidence(pred, params.data.classes))
     ece = float((bins["n"] / bins["n"].sum() * (bins["accuracy"] - bins["confidence"]).abs()).sum())
     assert ece == pytest.approx(ensemble["test_ece"], abs=1e-6)  # the bins are the ECE's bins
 

@@ -111,6 +111,14 @@ def gold_test_predictions(paths: Paths, classes: Sequence[str]) -> pd.DataFrame:
 # --- pure numbers -------------------------------------------------------------------------------
 
 
+def probability_confidence(pred: pd.DataFrame, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The calibration of the probabilities: the largest probability per item and whether its class
+    is the gold label (the decided ``label`` may differ where a decision threshold moved it)."""
+    probs = pred[[f"prob_{c}" for c in classes]].to_numpy(float)
+    top = np.asarray(classes, dtype=object)[probs.argmax(1)]
+    return probs.max(1), (top == pred["gold"].to_numpy()).astype(float)
+
+
 def fmt(value: Any) -> str:
     """Integers with thousands separators, rates with 3 decimals, larger floats with 2."""
     if value is None:
@@ -356,9 +364,7 @@ def sections(paths: Paths, classes: Sequence[str], reports: Mapping[str, dict[st
         return accuracy_figure(_need(reports, "ensemble"))
 
     def calibration() -> Figure:
-        p = _frame(preds)
-        correct = (p["label"] == p["gold"]).to_numpy(float)
-        conf = p["confidence"].to_numpy(float)
+        conf, correct = probability_confidence(_frame(preds), classes)
         return calibration_figure(calibration_bins(conf, correct), confidence_ece(conf, correct, N_BINS))
 
     return [
