@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import learning  # bench/learning.py: compare(), bench_params(), ...
+from report_files import write_json, write_section
 
 DATA = learning.SHARED / "entity_matching"
 SETS = {"amazon_google": "Amazon-Google", "abt_buy": "Abt-Buy"}
@@ -371,30 +372,6 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_section(md: str, path: Path) -> None:
-    """Replace only this benchmark's section (appended when absent); the file is re-read right before
-    the atomic write, since other processes edit other sections."""
-    text = path.read_text(encoding="utf-8")
-    head = SECTION + "\n"
-    body = head + "\n" + md.rstrip() + "\n"
-    i = text.find(head)
-    if i < 0:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        j = text.find("\n## ", i + len(head))
-        new = text[:i] + body + ("\n" + text[j + 1:] if j >= 0 else "")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(res: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(res, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default=None,
@@ -423,7 +400,7 @@ def main() -> int:
     if args.from_json:
         res = json.loads(args.from_json.read_text())
         res["goals"] = goals(res)
-        write_section(markdown(res), args.benchmarks or ROOT / "BENCHMARKS.md")
+        write_section(SECTION, markdown(res), args.benchmarks or ROOT / "BENCHMARKS.md")
         print(markdown(res))
         return 0
     if args.quick:
@@ -495,7 +472,7 @@ def main() -> int:
     save()
     md = markdown(res)
     if write_md:
-        write_section(md, md_path)  # re-reads the file right before writing
+        write_section(SECTION, md, md_path)  # re-reads the file right before writing
         log(f"wrote the section '{SECTION[3:]}' of {md_path}")
     print(md)
     return 0

@@ -57,6 +57,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+from report_files import write_json, write_section
+
 SST2 = ROOT.parent / "shared" / "datasets" / "sst2"
 SECTION = "## Inference throughput (bench/inference.py)"
 JSON_OUT = ROOT / ".crowdforge" / "bench" / "inference.json"
@@ -678,29 +681,6 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(md: str, path: Path) -> None:
-    """Replace only this section (appended when absent); re-read right before the atomic write."""
-    text = path.read_text(encoding="utf-8")
-    head = SECTION + "\n"
-    body = head + "\n" + md.rstrip() + "\n"
-    i = text.find(head)
-    if i < 0:
-        new = text.rstrip("\n") + "\n\n" + body
-    else:
-        j = text.find("\n## ", i + len(head))
-        new = text[:i] + body + ("\n" + text[j + 1:] if j >= 0 else "")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_json(res: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(res, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", default="1", help="comma-separated torch thread counts, e.g. 1,2 (default 1)")
@@ -727,7 +707,7 @@ def main() -> int:
         print(res["profile"]["cprofile_top_tottime"])
     if not args.no_write:
         write_json(res, JSON_OUT)
-        write_section(md, ROOT / "BENCHMARKS.md")
+        write_section(SECTION, md, ROOT / "BENCHMARKS.md")
         print(f"wrote {JSON_OUT} and the section {SECTION!r} of BENCHMARKS.md")
     return 0
 

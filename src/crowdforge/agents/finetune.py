@@ -224,15 +224,20 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         result = fit_head(head, x, q, w, xv, v_y, v_q, cfg)
     else:
         texts, q, w = [texts[i] for i in rows], q[rows], w[rows]
-        encoder, tokenizer = load_encoder(backbone)
-        hidden = int(encoder.config.hidden_size)
-        head = new_head(hidden, len(classes), seed)
-        model = MeanPoolClassifier(encoder, head)
-        n_trainable = model.set_strategy(m.strategy, m.unfreeze_layers)
         ckpt = paths.cache / "checkpoints" / "finetune" / f"{m.name}.pt" if ft.checkpoint else None
-        result = fit_classifier(model, tokenizer, texts, q, w, v_texts, v_y, v_q, ft.max_length, cfg,
-                                cache_frozen=ft.cache_frozen, checkpoint_path=ckpt, checkpoint_key=fingerprint,
-                                on_epoch=on_epoch)
+
+        def fit_encoder_member(member: MemberParams, key: str) -> tuple[Any, Any, Any, int, Any]:
+            encoder, tokenizer = load_encoder(backbone)
+            head = new_head(int(encoder.config.hidden_size), len(classes), seed)
+            model = MeanPoolClassifier(encoder, head)
+            n_trainable = model.set_strategy(member.strategy, member.unfreeze_layers)
+            result = fit_classifier(model, tokenizer, texts, q, w, v_texts, v_y, v_q, ft.max_length, cfg,
+                                    cache_frozen=ft.cache_frozen, checkpoint_path=ckpt, checkpoint_key=key,
+                                    on_epoch=on_epoch)
+            return model, tokenizer, head, n_trainable, result
+
+        model, tokenizer, head, n_trainable, result = fit_encoder_member(m, fingerprint)
+        encoder, hidden = model.encoder, int(model.encoder.config.hidden_size)
         baseline = majority_baseline(v_y, len(classes))[cfg.select_metric]
         trains_all = model.n_trainable_layers == len(encoder_layers(model.encoder))
         if not trains_all and ft.full_if_nothing_learned and result.valid_score <= baseline:
@@ -240,14 +245,9 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
             fallback = {"from": m.strategy, "valid_score": result.valid_score, "majority_baseline": baseline}
             if ckpt is not None:
                 ckpt.unlink(missing_ok=True)
-            encoder, tokenizer = load_encoder(backbone)
-            head = new_head(hidden, len(classes), seed)
-            model = MeanPoolClassifier(encoder, head)
             m = replace(m, strategy="full")
-            n_trainable = model.set_strategy("full")
-            result = fit_classifier(model, tokenizer, texts, q, w, v_texts, v_y, v_q, ft.max_length, cfg,
-                                    cache_frozen=ft.cache_frozen, checkpoint_path=ckpt,
-                                    checkpoint_key=fingerprint + "-full", on_epoch=on_epoch)
+            model, tokenizer, head, n_trainable, result = fit_encoder_member(m, fingerprint + "-full")
+            encoder = model.encoder
 
     info: dict[str, Any] = {
         "name": m.name,

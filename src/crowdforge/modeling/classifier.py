@@ -32,12 +32,9 @@ from torch import nn
 from crowdforge.metrics import label_metrics
 from crowdforge.modeling.backbone import backbone_fingerprint
 from crowdforge.modeling.inference import encode_texts, mean_pool
-from crowdforge.modeling.strategies import STRATEGIES as STRATEGY_REGISTRY
 from crowdforge.modeling.strategies import strategy as get_strategy
 from crowdforge.modeling.tokens import length_batches, pad_ids, token_ids
 from crowdforge.progress import track
-
-STRATEGIES = tuple(STRATEGY_REGISTRY)
 
 
 def soft_cross_entropy(
@@ -545,7 +542,7 @@ def fit_classifier(
 
 
 __all__ = [
-    "STRATEGIES", "EpochCheckpoint", "FitConfig", "FitResult", "FrozenLowerCache", "MeanPoolClassifier",
+    "EpochCheckpoint", "FitConfig", "FitResult", "FrozenLowerCache", "MeanPoolClassifier",
     "batch_order", "cached_embeddings", "embedding_cache_key", "encoder_layers", "fit_classifier", "fit_head",
     "length_batches", "load_encoder", "new_head", "pad_ids", "run_layers", "soft_cross_entropy",
 ]
