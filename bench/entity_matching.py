@@ -17,7 +17,8 @@ unlabelled pretraining text. The literature TEST split, as it is, is the frozen 
 The literature VALID split is not used (augment holds valid items out of the crowd pairs as for
 SST-2).
 
-(a) gold labels, one member; (b) majority vote, one member; (c) the default crowdforge pipeline:
+(a) gold labels, (b) majority vote: the first partial member and the pair member of the defaults;
+(c) the default crowdforge pipeline:
 ``compare()`` of bench/learning.py, with ``finetune.max_length=128`` and ``pretrain.max_length=128``.
 Results go to ``.crowdforge/bench/entity_matching.json`` (rewritten atomically after every pipeline,
 so a killed run keeps what it measured) and, at the end, to the section
@@ -49,7 +50,7 @@ CLASSES = ["no_match", "match"]
 LABELS = {"0": "no_match", "1": "match"}
 SECTION = "## Entity matching (bench/entity_matching.py)"
 DEFAULT_OVERRIDES = {"finetune.max_length": 128, "pretrain.max_length": 128}
-PIPELINES = (("gold", "(a) gold labels, one member"), ("naive", "(b) majority vote, one member"),
+PIPELINES = (("gold", "(a) gold labels, partial + pair member"), ("naive", "(b) majority vote, partial + pair member"),
              ("crowdforge", "(c) crowdforge default pipeline"))
 log = learning.log
 
@@ -317,8 +318,9 @@ def markdown(res: dict[str, Any]) -> str:
          "unlabelled pretraining text. Test = the literature test split"
          + (" (all of it)" if a.get("n_test") is None else f" (stratified subsample of {a['n_test']} pairs)")
          + ". A pair is one text `<left record> [SEP] <right record>` (records as `field value` pieces, empty fields "
-           "skipped), tokenized as a tokenizer pair with longest-first truncation. (a) and (b) are one partial member "
-           "trained on the gold / majority-vote labels of the crowd pairs, reusing (c)'s ingested rows: their seconds "
+           "skipped), tokenized as a tokenizer pair with longest-first truncation. (a) and (b) are the first partial "
+           "member and the pair member of (c)'s defaults, trained on the gold / majority-vote labels of the crowd "
+           "pairs and weighted on valid (uncalibrated), reusing (c)'s ingested rows: their seconds "
            "are finetune + ensemble only; (c)'s are the whole pipeline. One training seed. The majority-class "
            "baseline always answers no_match."),
     ]
@@ -342,6 +344,12 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {label} | {pct(v['test_match_f1'])} | {pct(v['test_macro_f1'])} | "
                          f"{pct(v['test_accuracy'])} | {pct(v['test_majority_accuracy'])} | "
                          f"{pct(v['test_majority_macro_f1'])} | {v['seconds']:.0f} |")
+        members = (s.get("crowdforge") or {}).get("members") or {}
+        if members:
+            lines += ["", "(c)'s members on the test split: " + "; ".join(
+                f"{k} ({v['strategy']}) accuracy {pct(v['test_accuracy'])} %"
+                + (f", macro F1 {pct(v['test_macro_f1'])} %" if v.get("test_macro_f1") is not None else "")
+                + f", weight {v['weight']:.2f}" for k, v in members.items()) + "."]
         cr = s.get("crowd") or {}
         if "majority_vote" in cr and "reputation" in cr:
             mv, ds = cr["majority_vote"], cr["reputation"]

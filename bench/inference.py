@@ -412,8 +412,11 @@ def profile(ens, texts: Sequence[str], ref: HFReference, repeats: int) -> dict[s
         return ens.combine({m.name: m.logits(emb_[m.encoder]) for m in ens.members})
 
     def bf16() -> Any:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        ens.set_precision("bf16")  # the shipped option (crowdforge.modeling.inference.PRECISIONS)
+        try:
             return ens.predict_proba(texts)
+        finally:
+            ens.set_precision("fp32")
 
     def pp() -> Any:
         return ens.predict_proba(texts)
@@ -450,7 +453,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import transformers
 
-    from crowdforge.modeling.inference import Ensemble, load_ensemble
+    from crowdforge.modeling.inference import load_ensemble
     from crowdforge.runtime import set_torch_threads
 
     test_file = args.sst2 / "stsa.binary.test"
@@ -485,11 +488,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ens = load_ensemble(folder)
         res["load_ensemble_seconds"] = time.perf_counter() - t
         res["ensemble"]["encoders"] = sorted(ens.encoders)
-        from torch.ao.quantization import quantize_dynamic
-
-        q_ens = Ensemble(ens.classes, ens.tokenizer,
-                         {k: quantize_dynamic(copy.deepcopy(e), {torch.nn.Linear}, dtype=torch.qint8)
-                          for k, e in ens.encoders.items()}, ens.members, ens.max_length, ens.batch_size)
+        q_ens = load_ensemble(folder, "int8")  # the shipped option: Linear layers quantised to int8
         t = time.perf_counter()
         ref = HFReference(folder)
         res["hf_pipeline_build_seconds"] = time.perf_counter() - t
@@ -503,9 +502,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["pyfunc_load_seconds"] = time.perf_counter() - t
         res["model_uri"] = model_uri
 
+        b_ens = load_ensemble(folder, "bf16")
+
         def bf16(texts):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return ens.predict_proba(texts)
+            return b_ens.predict_proba(texts)
 
         for threads in args.threads:
             set_torch_threads(threads)

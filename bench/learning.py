@@ -196,6 +196,7 @@ def single_member(params: Any, root: Path, item_labels: dict[str, str], label_so
 
     from crowdforge import io
     from crowdforge.agents.augment import stratified_split
+    from crowdforge.modeling.strategies import strategy
     from crowdforge.paths import Paths
 
     paths = Paths(root)
@@ -209,13 +210,17 @@ def single_member(params: Any, root: Path, item_labels: dict[str, str], label_so
     train, valid = stratified_split(items, params.augment.valid_fraction, params.augment.seed)
     io.write_parquet(paths.train, train)
     io.write_parquet(paths.valid, valid)
-    member = next(m for m in params.finetune.members if m.strategy == "partial")
-    p = replace(params, finetune=replace(params.finetune, members=(member,)),
+    # the first partial member, and the pair member(s) as (c) has them (left out, as in (c), without pairs)
+    partial = [m for m in params.finetune.members if m.strategy == "partial"][:1]
+    pair_members = [m for m in params.finetune.members if strategy(m.strategy).pairs_only]
+    chosen = tuple(partial + pair_members) or params.finetune.members[:1]
+    p = replace(params, finetune=replace(params.finetune, members=chosen),
                 ensemble=replace(params.ensemble, calibrate=False))
     out = run_agents(p, root, ["finetune", "ensemble"])
     rep = out["ensemble"]["report"]
-    return {"label_source": label_source, "label_accuracy": None, "member": member.name,
+    return {"label_source": label_source, "label_accuracy": None, "member": "+".join(m.name for m in chosen),
             "test_accuracy": rep["test_accuracy"], "test_macro_f1": rep["test_macro_f1"], "test_ece": rep["test_ece"],
+            "test_per_class_f1": rep.get("test_per_class_f1"),
             "seconds": round(out["finetune"]["seconds"] + out["ensemble"]["seconds"], 1), "n_train": len(train)}
 
 
@@ -225,9 +230,8 @@ def refined_label_accuracy(params: Any, root: Path, truth: dict[str, str]) -> fl
     import numpy as np
     import pandas as pd
 
-    from crowdforge.modeling.classifier import cached_embeddings
+    from crowdforge.agents.finetune import refine
     from crowdforge.modeling.members import encoder_source, load_split
-    from crowdforge.modeling.refine import refine_soft_labels
     from crowdforge.paths import Paths
 
     paths, ft = Paths(root), params.finetune
@@ -235,9 +239,7 @@ def refined_label_accuracy(params: Any, root: Path, truth: dict[str, str]) -> fl
         return None
     texts, q, w, _ = load_split(paths.train, list(params.data.classes))
     df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id", "augmented"])
-    groups = df["source_item_id"].fillna(df["item_id"]).astype(str).tolist()
-    x = cached_embeddings(encoder_source(paths, params)[0], texts, ft.max_length, paths.cache / "embeddings")
-    r = refine_soft_labels(x, q, w, groups, ft.refine_rounds, ft.refine_folds, ft.seed)
+    r = refine(params, paths, encoder_source(paths, params)[0], texts, q, w)
     keep = (~df["augmented"].astype(bool) & df["item_id"].isin(truth)).to_numpy()
     pred = np.array(params.data.classes)[r.argmax(1)]
     return float((pred[keep] == df["item_id"][keep].map(truth).to_numpy()).mean())
@@ -280,9 +282,10 @@ def compare(name: str, prep: Any, work: Path, threads: int, train_seeds: int = 1
                                                  "refined": refined_label_accuracy(params, root_c, truth)}}
     result["crowdforge"] = {
         "test_accuracy": ens["test_accuracy"], "test_macro_f1": ens["test_macro_f1"], "test_ece": ens["test_ece"],
-        "test_ece_floor": ens.get("test_ece_floor"), "test_ece_p_value": ens.get("test_ece_p_value"),
+        "test_per_class_f1": ens.get("test_per_class_f1"), "test_ece_floor": ens.get("test_ece_floor"),
+        "test_ece_p_value": ens.get("test_ece_p_value"),
         "comparison": {k: {m: v[m] for m in ("test_accuracy", "test_ece")} for k, v in ens["comparison"].items()},
-        "members": {k: {m: v[m] for m in ("strategy", "test_accuracy", "weight", "temperature")}
+        "members": {k: {m: v.get(m) for m in ("strategy", "test_accuracy", "test_macro_f1", "weight", "temperature")}
                     for k, v in ens["members"].items()},
         "calibration_source": ens.get("calibration_source"), "n_valid": ens.get("valid_n"),
         "n_valid_gold": ens.get("n_valid_gold"), "n_train": out["augment"]["report"].get("n_train_items"),

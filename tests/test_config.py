@@ -26,8 +26,12 @@ def test_dotted_overrides_win_over_the_file():
 
 def test_members_are_validated():
     with pytest.raises(ParamsError, match=r"finetune\.members\[0\]\.strategy = 'frozen': Input should be 'head', "
-                                          r"'partial' or 'full'"):
+                                          r"'partial', 'full' or 'pair_features'"):
         parse_params({"finetune": {"members": [{"name": "a", "strategy": "frozen"}]}})
+    # forcing one strategy on every member, or distilling into one, needs an encoder strategy
+    for override in ({"finetune.strategy": "pair_features"}, {"ensemble.distill_strategy": "pair_features"}):
+        with pytest.raises(ParamsError, match=r"Input should be 'head', 'partial' or 'full'"):
+            parse_params({}, override)
     with pytest.raises(ParamsError, match="unique"):
         parse_params({"finetune": {"members": [{"name": "a", "strategy": "head"}] * 2}})
 

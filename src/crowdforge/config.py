@@ -27,6 +27,7 @@ from crowdforge.modeling.strategies import STRATEGIES
 _CONFIG = ConfigDict(extra="forbid")
 
 Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]  # how much of the encoder a member trains
+EncoderStrategy = Literal[tuple(k for k, s in STRATEGIES.items() if s.model == "encoder")]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -132,7 +133,8 @@ class PretrainParams:
 @dataclass(frozen=True, config=_CONFIG)
 class MemberParams:
     name: str = _f(..., "the member's name (its folder under models/members/)")
-    strategy: Strategy = _f(..., "head: a linear head on frozen embeddings | partial: the top layers too | full")
+    strategy: Strategy = _f(..., "head: a linear head on frozen embeddings | partial: the top layers too | full | "
+                                 "pair_features: similarity features of a pair's two records (pair tasks only)")
     seed: int = _f(0, "the member's seed (added to finetune.seed)")
     bootstrap: StrictBool = _f(False, "train on a bootstrap resample (bagging)")
     unfreeze_layers: PositiveInt = _f(2, "partial: how many top encoder layers train")
@@ -149,7 +151,8 @@ class FinetuneParams:
     patience: PositiveInt = _f(2, "epochs without a better valid score before stopping")
     lr_head: float = _f(3e-3, "learning rate of the head (0: the head stays as initialised)", ge=0)
     lr_backbone: float = _f(5e-5, "learning rate of the trained encoder layers", ge=0)
-    strategy: Strategy | None = _f(None, "None: each member's own strategy; head|partial|full: force all members")
+    strategy: EncoderStrategy | None = _f(None, "None: each member's own strategy; head|partial|full: force it on "
+                                                "every encoder member")
     cache_frozen: StrictBool = _f(True, "partial: cache the frozen lower layers' hidden states once")
     checkpoint: StrictBool = _f(True, "partial/full: save a resumable checkpoint after every epoch")
     refine_rounds: int = _f(2, "EM rounds refining the soft labels with an out-of-fold text classifier (0 = off)",
@@ -166,6 +169,7 @@ class FinetuneParams:
         MemberParams(name="partial-3-boot", strategy="partial", seed=4, unfreeze_layers=3, max_epochs=3,
                      bootstrap=True, bootstrap_unit="contributor"),
         MemberParams(name="partial-3b", strategy="partial", seed=5, unfreeze_layers=3, max_epochs=3),
+        MemberParams(name="pair-similarity", strategy="pair_features", seed=6),
     ), "the ensemble's members")
 
     @field_validator("members")
@@ -183,7 +187,7 @@ class EnsembleParams:
     calibration_target: Literal["hard", "soft"] = _f("hard", "fit to the valid label (hard) or the soft labels")
     noise_aware: StrictBool = _f(True, "fit temperatures/weights through a label-noise channel (crowd valid labels)")
     distill: StrictBool = _f(False, "also distil the ensemble into one student (models/ensemble/student/)")
-    distill_strategy: Strategy = _f("partial", "the student's transfer strategy")
+    distill_strategy: EncoderStrategy = _f("partial", "the student's transfer strategy")
     distill_epochs: PositiveInt = _f(3, "the student's epochs")
     distill_unlabeled: StrictBool = _f(True, "the student also learns the teacher's labels on the unlabelled corpus")
     distill_temperature: float = _f(2.0, "softens the teacher's probabilities (Hinton et al. 2015)", gt=0)

@@ -239,3 +239,54 @@ def test_decision_bias_is_dropped_when_cross_validation_does_not_support_it() ->
     assert np.allclose(ensemble.checked_decision_bias(probs, y, 2), 0.0)
     p1 = np.where(y == 1, 0.4, 0.1)  # informative but never above 0.5: the offset generalises
     assert ensemble.checked_decision_bias(np.c_[1 - p1, p1], y, 2)[1] > 0
+
+
+PAIR_MEMBERS = [{"name": "head-a", "strategy": "head", "seed": 1},
+                {"name": "pair-similarity", "strategy": "pair_features", "seed": 2}]
+
+
+def _pair_params(backbone: Path):
+    return parse_params({
+        "data": {"classes": ["no_match", "match"]},
+        "pretrain": {"backbone": str(backbone)},
+        "finetune": {"max_length": 32, "batch_size": 16, "max_epochs": 4, "lr_head": 0.05,
+                     "members": PAIR_MEMBERS},
+        "runtime": {"torch_threads": 1},
+    })
+
+
+def test_pair_member_joins_the_ensemble_on_a_pair_task(tiny_backbone: Path, tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    write_toy_blackboard(paths, ("no_match", "match"), n_train=160, n_valid=60, n_test=60, pairs=True)
+    params = _pair_params(tiny_backbone)
+    fin = finetune.run(params, paths)
+    assert fin["members_left_out"] == {} and fin["members"]["pair-similarity"]["strategy"] == "pair_features"
+    info = io.read_json(paths.member("pair-similarity") / "member.json")
+    assert info["encoder"] == {"kind": "none"} and info["label_refinement"]["pair_features"] is True
+    report = ensemble.run(params, paths)
+    # the tiny random encoder cannot see a model code; the similarity features can
+    assert report["members"]["pair-similarity"]["test_accuracy"] >= 0.9
+    assert report["members"]["pair-similarity"]["weight"] > report["members"]["head-a"]["weight"]
+    assert report["test_macro_f1"] >= 0.85
+    assert sorted(p.name for p in (paths.ensemble / "text_models").iterdir()) == ["01-pair-similarity.skops"]
+    texts = pd.read_parquet(paths.gold)["text"].tolist()[:10]
+    loaded = load_ensemble(paths.ensemble)
+    np.testing.assert_allclose(loaded.predict_proba(texts),
+                               pd.read_parquet(paths.test_predictions)[["prob_no_match", "prob_match"]].to_numpy()[:10])
+
+
+def test_pair_member_is_left_out_of_a_task_without_pairs_and_says_so(tiny_backbone: Path, tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    write_toy_blackboard(paths, ("no_match", "match"), n_train=80, n_valid=30, n_test=30)
+    params = _pair_params(tiny_backbone)
+    fin = finetune.run(params, paths)
+    assert "not pairs" in fin["members_left_out"]["pair-similarity"]
+    assert set(fin["members"]) == {"head-a"}
+    report = ensemble.run(params, paths)
+    assert set(report["members"]) == {"head-a"} and "pair-similarity" in report["members_left_out"]
+    assert "Left out: pair-similarity" in (paths.reports / "ensemble.md").read_text()
+    # only a pair member, on texts without pairs: a clear error, not an empty ensemble
+    alone = parse_params({"data": {"classes": ["no_match", "match"]}, "pretrain": {"backbone": str(tiny_backbone)},
+                          "finetune": {"members": PAIR_MEMBERS[1:]}})
+    with pytest.raises(ValueError, match="no member of finetune.members applies"):
+        finetune.run(alone, paths)

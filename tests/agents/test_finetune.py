@@ -98,6 +98,10 @@ def test_strategy_override_forces_every_member(tiny_backbone: Path) -> None:
             == [m["strategy"] for m in MEMBERS])
     with pytest.raises(ValueError, match="finetune.strategy"):
         finetune.effective_members(tiny_params(tiny_backbone, strategy="frozen"))
+    # the forced strategy is an encoder strategy: a pair member (no encoder) keeps its own
+    with_pair = tiny_params(tiny_backbone, members=[*MEMBERS, {"name": "pair", "strategy": "pair_features"}],
+                            strategy="full")
+    assert [m.strategy for m in finetune.effective_members(with_pair)] == ["full"] * len(MEMBERS) + ["pair_features"]
 
 
 def test_contributor_bootstrap_weights() -> None:

@@ -200,3 +200,22 @@ def test_demo_data_every_row_and_line(tmp_path: Path) -> None:
     got = subs[subs["parse_error"].notna()][["source_file", "source_line"]].astype(str)
     assert (sorted(map(tuple, got.to_numpy()))
             == sorted(map(tuple, parse_rows[["source_file", "source_line"]].to_numpy())))
+
+
+def test_pair_task_given_as_two_text_fields(tmp_path: Path) -> None:
+    paths = Paths(tmp_path)
+    paths.contributions.mkdir(parents=True)
+    (paths.contributions / "ann.csv").write_text(
+        "item_id,text_a,text_b,label\np1,sony tv kdl-40,Sony KDL40,positive\np2,acme 12,,negative\n")
+    paths.gold_raw.parent.mkdir(parents=True, exist_ok=True)
+    paths.gold_raw.write_text("item_id,text_a,text_b,label,split\ng1,a 1,b 1,positive,test\n")
+    report = ingest.run(Params(), paths)
+    rows = pd.read_parquet(paths.submissions).set_index("item_id")
+    assert rows.loc["p1", "text"] == "sony tv kdl-40 [SEP] Sony KDL40"
+    assert pd.isna(rows.loc["p2", "text"])  # one side missing: kept, without a text, for validate to quarantine
+    assert json.loads(rows.loc["p2", "raw"])  # the raw record keeps both fields as sent
+    assert pd.read_parquet(paths.gold)["text"].tolist() == ["a 1 [SEP] b 1"]
+    assert report["rows_in"] == 2
+    paths.gold_raw.write_text("item_id,text_a,text_b,label,split\ng1,a 1,,positive,test\n")
+    with pytest.raises(ValueError, match=r"empty text for item_id\(s\) \['g1'\]"):
+        ingest.run(Params(), paths)

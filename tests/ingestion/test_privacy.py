@@ -16,6 +16,10 @@ from crowdforge.ingestion.privacy import find_pii, luhn_ok, mask, pii_report
     ("no card: 4111 1111 1111 1112", []),  # fails Luhn, 16 digits: not a phone either
     ("item 12345 costs 12.50 on 2026-01-05 at 08:00", []),
     ("order 1234567890", []),  # bare digits without a separator or '+': an id, not a phone
+    ("call 1-800-555-1234 or 020 7946 0958 or +49 30 1234567", ["phone", "phone", "phone"]),
+    # product and part codes from product catalogues (Abt-Buy, Amazon-Google): not phones
+    ("garmin 010-10823-00 mount, hp 970118-0403, isbn 0-7356-0592-0, sku 2007 02107746", []),
+    ("isbn 9780201754544", []),  # an ISBN-13 that happens to pass the Luhn check
     ("the soup was great .", []),
 ])
 def test_find_pii(text: str, kinds: list[str]) -> None:

@@ -63,3 +63,15 @@ def test_json_lines_scalars_only() -> None:
     data = b'{"item_id": "a", "text": "t", "label": "x"}\n{"text": ["list"]}\n{"text": NaN}\n7\n'
     rows = list(readers.read_json_lines(iter(_lines(data)), 1000))
     assert [r.error is None for r in rows] == [True, False, False, False]
+
+
+def test_two_text_fields_are_joined_as_a_pair() -> None:
+    data = b'item_id,text_a,text_b,label\n1,sony tv kdl-40,Sony KDL40,match\n2,,lonely,no_match\n'
+    rows = list(readers.read_delimited(iter(_lines(data)), ",", 1000))
+    assert rows[0].fields["text"] == "sony tv kdl-40 [SEP] Sony KDL40" and rows[0].fields["text_a"] == "sony tv kdl-40"
+    assert rows[1].fields["text"] is None  # a missing side: no text, so validation quarantines the row
+    rows = list(readers.read_json_lines(iter(_lines(b'{"item_id": "1", "text_a": "a", "text_b": "b", "label": "x"}\n')),
+                                        1000))
+    assert rows[0].fields["text"] == "a [SEP] b"
+    only_a = list(readers.read_delimited(iter(_lines(b"item_id,text_a,label\n1,a,x\n")), ",", 1000))
+    assert "header lacks column(s) ['text (or text_a and text_b)']" in only_a[0].error

@@ -64,16 +64,19 @@ def test_inference_module_is_standalone() -> None:
     import ast
 
     import crowdforge.modeling.inference as inf
-    from crowdforge.modeling import tokens
+    from crowdforge.modeling import pair_features, tokens
 
     def imported(module) -> set[str]:
         tree = ast.parse(Path(module.__file__).read_text())
         return {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
             a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
 
-    # the served model needs only torch/transformers/numpy/pandas, and the tokenization module
-    assert {m for m in imported(inf) if m and m.startswith("crowdforge")} == {"crowdforge.modeling.tokens"}
+    # the served model needs only torch/transformers/numpy/pandas/scikit-learn, the tokenization module
+    # and the pair member's module
+    assert {m for m in imported(inf) if m and m.startswith("crowdforge")} == {
+        "crowdforge.modeling.tokens", "crowdforge.modeling.pair_features"}
     assert not any(m and m.startswith("crowdforge") for m in imported(tokens))
+    assert {m for m in imported(pair_features) if m and m.startswith("crowdforge")} == {"crowdforge.modeling.tokens"}
 
 
 def test_unknown_encoder_is_rejected(tiny_backbone: Path) -> None:
@@ -95,3 +98,18 @@ def test_decision_bias_moves_labels_not_probabilities_and_is_saved(tiny_backbone
     loaded = load_ensemble(ens.save(tmp_path / "e"))
     assert np.allclose(loaded.decision_bias, [0.0, 0.0, 50.0])
     assert (loaded.predict(texts)["label"] == ens.classes[-1]).all()
+
+
+def test_precision_options_keep_the_probabilities_close(tiny_backbone: Path, tmp_path: Path) -> None:
+    ens = _ensemble(tiny_backbone)
+    fp32 = ens.predict_proba(TEXTS)
+    path = ens.save(tmp_path / "ens")
+    for precision, tol in (("bf16", 0.05), ("int8", 0.1)):
+        other = load_ensemble(path, precision)
+        assert other.precision == precision
+        np.testing.assert_allclose(other.predict_proba(TEXTS), fp32, atol=tol)
+    assert load_ensemble(path).precision == "fp32"
+    with pytest.raises(ValueError, match="not one of fp32, bf16, int8"):
+        ens.set_precision("fp16")
+    with pytest.raises(ValueError, match="cannot go back"):
+        load_ensemble(path, "int8").set_precision("fp32")

@@ -73,6 +73,7 @@ from crowdforge.modeling.members import (
     load_split,
     valid_gold_mask,
 )
+from crowdforge.modeling.pair_features import PairSimilarityModel
 from crowdforge.modeling.strategies import strategy
 from crowdforge.paths import Paths
 from crowdforge.progress import track
@@ -247,8 +248,15 @@ def build_ensemble(params: Params, paths: Paths) -> Ensemble:
         info = io.read_json(mdir / MEMBER_FILE)
         if list(info["classes"]) != classes:
             raise ValueError(f"member {mp.name}: classes {info['classes']} != {classes}")
-        max_length = int(info["max_length"])
+        if info.get("not_applicable"):  # recorded by finetune; run() reports it
+            continue
+        meta = {"strategy": info["strategy"], "valid_accuracy_finetune": info["valid_accuracy"]}
         ref = info["encoder"]
+        if ref["kind"] == "none":  # a text model (pair_features)
+            members.append(Member(name=mp.name, encoder=None, meta=meta,
+                                  text_model=PairSimilarityModel.load(mdir / info["head"])))
+            continue
+        max_length = int(info["max_length"])
         if ref["kind"] == "trained":
             key, source = f"member-{_key(mp.name)}", str(mdir / ref.get("path", ENCODER_DIR))
         elif ref["kind"] == "pretrained":
@@ -259,11 +267,14 @@ def build_ensemble(params: Params, paths: Paths) -> Ensemble:
             encoders[key], tok = load_encoder(source)
             tokenizer = tokenizer or tok
         head = load_file(str(mdir / info.get("head", HEAD_FILE)))
-        members.append(Member(
-            name=mp.name, encoder=key, weight=head["weight"], bias=head["bias"],
-            meta={"strategy": info["strategy"], "valid_accuracy_finetune": info["valid_accuracy"]},
-        ))
+        members.append(Member(name=mp.name, encoder=key, weight=head["weight"], bias=head["bias"], meta=meta))
     return Ensemble(classes, tokenizer, encoders, members, max_length)
+
+
+def members_left_out(params: Params, paths: Paths) -> dict[str, str]:
+    """Members finetune recorded as not applicable to this data, with the reason."""
+    infos = {mp.name: io.read_json(paths.member(mp.name) / MEMBER_FILE) for mp in params.finetune.members}
+    return {name: info["not_applicable"] for name, info in infos.items() if info.get("not_applicable")}
 
 
 def _label_index(labels: pd.Series, classes: Sequence[str]) -> np.ndarray:
@@ -499,6 +510,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "n_valid_gold": int(gold_rows.sum()),
         "valid_label_noise": float(noise.mean()) if len(noise) else 0.0,
         "members": members,
+        "members_left_out": members_left_out(params, paths),
         "comparison": comparison,
         "student": student_info,
         "torch_threads": threads,
@@ -529,4 +541,5 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     for name, v in members.items():
         lines.append(f"| {name} | {v['weight']:.3f} | {v['temperature']:.2f} | {v['test_accuracy']:.3f} | "
                      f"{v['test_macro_f1']:.3f} |")
+    lines += [f"\nLeft out: {name}: {why}." for name, why in metrics["members_left_out"].items()]
     return write_report(paths, "ensemble", metrics, "\n".join(lines))

@@ -67,10 +67,11 @@ import torch
 
 from crowdforge import io
 from crowdforge.config import MemberParams, Params
-from crowdforge.metrics import headline_metric, majority_baseline
+from crowdforge.metrics import headline_metric, label_metrics, majority_baseline
 from crowdforge.modeling.backbone import backbone_fingerprint
 from crowdforge.modeling.classifier import (
     FitConfig,
+    FitResult,
     MeanPoolClassifier,
     cached_embeddings,
     encoder_layers,
@@ -87,6 +88,8 @@ from crowdforge.modeling.members import (
     encoder_source,
     load_split,
 )
+from crowdforge.modeling.pair_features import MODEL_FILE as PAIR_MODEL_FILE
+from crowdforge.modeling.pair_features import PairFeaturizer, PairSimilarityModel, is_pair_task
 from crowdforge.modeling.refine import refine_soft_labels
 from crowdforge.modeling.strategies import strategy
 from crowdforge.paths import Paths
@@ -95,9 +98,10 @@ from crowdforge.runtime import set_torch_threads
 
 
 def effective_members(params: Params) -> tuple[MemberParams, ...]:
-    """The members as trained: ``finetune.strategy`` (when set) overrides every member's strategy."""
+    """The members as trained: ``finetune.strategy`` (when set) overrides every encoder member's strategy."""
     forced = params.finetune.strategy
-    return tuple(replace(m, strategy=forced) if forced else m for m in params.finetune.members)
+    return tuple(replace(m, strategy=forced) if forced and not strategy(m.strategy).pairs_only else m
+                 for m in params.finetune.members)
 
 
 def member_params(params: Params, name: str) -> MemberParams:
@@ -188,12 +192,14 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
                     select_metric=headline_metric(v_y, len(classes)), name=f"member {m.name}")
     backbone, source = encoder_source(paths, params)
     fingerprint = member_fingerprint(params, paths, m, backbone)
-    refined = {"rounds": ft.refine_rounds, "changed": 0.0}
-    if ft.refine_rounds > 0:  # the same refinement for every member (deterministic, cached embeddings)
-        train_df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id"])
-        groups = train_df["source_item_id"].fillna(train_df["item_id"]).astype(str).tolist()
-        x_all = cached_embeddings(backbone, texts, ft.max_length, paths.cache / "embeddings")
-        r = refine_soft_labels(x_all, q, w, groups, ft.refine_rounds, ft.refine_folds, ft.seed)
+    pairs = is_pair_task(texts)
+    refined = {"rounds": ft.refine_rounds, "changed": 0.0, "pair_features": pairs}
+    if strategy(m.strategy).pairs_only and not pairs:
+        return not_applicable(paths, m, fingerprint, classes,
+                              "the training texts are not pairs (`<record> [SEP] <record>`): a pair member has "
+                              "nothing to compare")
+    if ft.refine_rounds > 0:  # the same refinement for every member (deterministic, cached features)
+        r = refine(params, paths, backbone, texts, q, w)
         refined["changed"] = float((r.argmax(1) != q.argmax(1)).mean())
         w = w / np.clip(q.max(1), 1e-12, None) * r.max(1)  # weight follows the refined confidence
         q = r
@@ -213,7 +219,12 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     w[rows] = w[rows] * balance
 
     fallback: dict[str, Any] | None = None
-    if strategy(m.strategy).embeddings_only:  # the encoder is loaded only on a cache miss
+    pair_model: PairSimilarityModel | None = None
+    if strategy(m.strategy).pairs_only:
+        texts, q, w = [texts[i] for i in rows], q[rows], w[rows]
+        hidden, n_trainable, head = 0, 0, None
+        result, pair_model = fit_pair_member(texts, q, w, v_texts, v_y, v_q, cfg, len(classes))
+    elif strategy(m.strategy).embeddings_only:  # the encoder is loaded only on a cache miss
         cache = paths.cache / "embeddings"
         x = cached_embeddings(backbone, texts, ft.max_length, cache)[rows]
         xv = cached_embeddings(backbone, v_texts, ft.max_length, cache)
@@ -259,8 +270,9 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         "classes": classes,
         "max_length": ft.max_length,
         "hidden_size": hidden,
-        "head": HEAD_FILE,
-        "encoder": {"kind": "trained", "path": ENCODER_DIR} if strategy(m.strategy).trains_encoder else source,
+        "head": PAIR_MODEL_FILE if pair_model is not None else HEAD_FILE,
+        "encoder": ({"kind": "none"} if pair_model is not None else
+                    {"kind": "trained", "path": ENCODER_DIR} if strategy(m.strategy).trains_encoder else source),
         "initial_encoder": source,
         "valid_accuracy": result.valid_accuracy,
         "valid_nll": result.valid_nll,
@@ -284,7 +296,10 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         "torch_threads": threads,
     }
     with io.atomic_dir(paths.member(m.name)) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
+        if pair_model is not None:
+            pair_model.save(tmp / PAIR_MODEL_FILE)
+        else:
+            save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
         if strategy(m.strategy).trains_encoder:
             encoder.save_pretrained(tmp / ENCODER_DIR)
             tokenizer.save_pretrained(tmp / ENCODER_DIR)
@@ -295,26 +310,76 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     return info
 
 
+def refine(params: Params, paths: Paths, backbone: str, texts: Sequence[str], q: np.ndarray,
+           w: np.ndarray) -> np.ndarray:
+    """The refined soft labels of the train split (``crowdforge.modeling.refine``): the out-of-fold
+    classifier sees the frozen encoder's cached embeddings and, on a pair task, the pair's
+    standardised similarity features too (the embedding of a joined pair says little about whether
+    its two records match)."""
+    ft = params.finetune
+    train_df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id"])
+    groups = train_df["source_item_id"].fillna(train_df["item_id"]).astype(str).tolist()
+    x = cached_embeddings(backbone, texts, ft.max_length, paths.cache / "embeddings")
+    if is_pair_task(texts):
+        f = PairFeaturizer().fit(texts).transform(texts)
+        x = np.hstack([x, (f - f.mean(0)) / np.clip(f.std(0), 1e-9, None)])
+    return refine_soft_labels(x, q, w, groups, ft.refine_rounds, ft.refine_folds, ft.seed)
+
+
+def fit_pair_member(texts: Sequence[str], q: np.ndarray, w: np.ndarray, v_texts: Sequence[str], v_y: np.ndarray,
+                    v_q: np.ndarray, cfg: FitConfig, n_classes: int) -> tuple[FitResult, PairSimilarityModel]:
+    """Fit a ``pair_features`` member (one fit: boosting is not trained in epochs) and score it on valid."""
+    t0 = time.perf_counter()
+    model = PairSimilarityModel(n_classes, cfg.seed).fit(texts, q, w)
+    seconds = time.perf_counter() - t0
+    z = model.logits(v_texts)
+    pred = z.argmax(1)
+    acc = float((pred == v_y).mean()) if len(v_y) else 0.0
+    score = label_metrics(v_y, pred, n_classes)[cfg.select_metric] if len(v_y) else 0.0
+    nll = float(-(v_q * z).sum(1).mean()) if len(v_y) else float("nan")
+    result = FitResult(best_epoch=1, epochs_run=1, valid_accuracy=acc, valid_nll=nll, examples_seen=len(texts),
+                       seconds=seconds, train_seconds=seconds, valid_score=score,
+                       history=[{"epoch": 1, "valid_accuracy": acc, "valid_nll": nll, "valid_score": score}])
+    return result, model
+
+
+def not_applicable(paths: Paths, m: MemberParams, fingerprint: str, classes: Sequence[str],
+                   reason: str) -> dict[str, Any]:
+    """Record (atomically) that member ``m`` does not apply to this data; the ensemble leaves it out."""
+    info = {"name": m.name, "strategy": m.strategy, "member": asdict(m), "fingerprint": fingerprint,
+            "classes": list(classes), "not_applicable": reason, "seconds": 0.0}
+    with io.atomic_dir(paths.member(m.name)) as tmp:
+        io.write_json(tmp / MEMBER_FILE, info)
+    return info
+
+
 def write_report(params: Params, paths: Paths, results: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Write reports/finetune.json from ``train_member`` results (default: the member.json files)."""
     by_name = {r["name"]: r for r in (results or [])}
     members: dict[str, Any] = {}
+    left_out: dict[str, str] = {}
     for m in effective_members(params):
         info = by_name.get(m.name) or io.read_json(paths.member(m.name) / MEMBER_FILE)
+        if info.get("not_applicable"):
+            left_out[m.name] = info["not_applicable"]
+            continue
         members[m.name] = {k: info.get(k) for k in (
             "strategy", "seed", "valid_accuracy", "valid_nll", "best_epoch", "epochs_run", "n_train",
             "trainable_params", "seconds", "train_seconds", "examples_per_s", "train_examples_per_s",
             "seconds_per_epoch", "resumed_from_epoch")}
         members[m.name]["bootstrap"] = m.bootstrap and m.bootstrap_unit
         members[m.name]["skipped"] = bool(info.get("skipped", False))
+    if not members:
+        raise ValueError(f"no member of finetune.members applies to this data: {left_out}")
     best = max(members, key=lambda k: members[k]["valid_accuracy"])
     lines = ["# finetune", "", "| member | strategy | valid acc | epochs | seconds | examples/s |",
              "|---|---|---|---|---|---|"]
     for k, v in members.items():
         lines.append(f"| {k} | {v['strategy']} | {v['valid_accuracy']:.3f} | {v['epochs_run']} | "
                      f"{v['seconds']:.1f} | {v['examples_per_s']:.0f} |")
+    lines += [f"\n{k} left out: {why}" for k, why in left_out.items()]
     metrics = {"members": members, "best_member": best, "best_valid_accuracy": members[best]["valid_accuracy"],
-               "seconds": round(sum(v["seconds"] for v in members.values()), 3)}
+               "members_left_out": left_out, "seconds": round(sum(v["seconds"] for v in members.values()), 3)}
     return _write_report(paths, "finetune", metrics, "\n".join(lines))
 
 

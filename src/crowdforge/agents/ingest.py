@@ -44,7 +44,7 @@ import pandas as pd
 from crowdforge import io
 from crowdforge.config import IngestParams, Params
 from crowdforge.ingestion import readers
-from crowdforge.ingestion.readers import FIELDS, RawRow, Unreadable, sha256
+from crowdforge.ingestion.readers import FIELDS, PAIR_FIELDS, RawRow, Unreadable, sha256
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report
 from crowdforge.safety import open_regular_file
@@ -344,6 +344,9 @@ def read_gold(path: Path, classes: Iterable[str]) -> pd.DataFrame:
         gold = pd.read_parquet(found).astype(str)
     else:
         gold = pd.read_csv(found, sep="\t" if found.suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+    if "text" not in gold.columns and all(c in gold.columns for c in PAIR_FIELDS):  # a pair task's two fields
+        gold["text"] = [readers.join_pair_fields(dict(zip(PAIR_FIELDS, ab)))["text"] or ""
+                        for ab in zip(*(gold[c] for c in PAIR_FIELDS))]
     missing = [c for c in GOLD_COLUMNS if c not in gold.columns]
     if missing:
         raise ValueError(f"{found}: gold lacks column(s) {missing}; expected {GOLD_COLUMNS}")
@@ -352,6 +355,9 @@ def read_gold(path: Path, classes: Iterable[str]) -> pd.DataFrame:
     problems = []
     if (gold["item_id"].str.strip() == "").any():
         problems.append("empty item_id")
+    empty_text = gold["text"].str.strip() == ""
+    if empty_text.any():
+        problems.append(f"empty text for item_id(s) {gold.loc[empty_text, 'item_id'].head(5).tolist()}")
     if gold["item_id"].duplicated().any():
         problems.append(f"duplicate item_id(s) {gold.loc[gold['item_id'].duplicated(), 'item_id'].head(5).tolist()}")
     bad_label = sorted(set(gold["label"]) - set(classes))

@@ -63,7 +63,8 @@ def _signature(classes: list[str]):
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "torch", "transformers", "pandas", "numpy")]
+    return [f"{pkg}=={version(pkg)}"
+            for pkg in ("mlflow", "torch", "transformers", "pandas", "numpy", "scikit-learn", "skops")]
 
 
 def find_version_by_tag(client: Any, model_name: str, key: str, value: str) -> Any | None:

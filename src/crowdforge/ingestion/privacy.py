@@ -13,9 +13,11 @@ are removed), which catches the usual evasions. A finding that only the normalis
 be masked in place, so :func:`pii_report` marks it ``unmaskable`` and validate quarantines that row
 under either policy.
 
-Card numbers are 13-19 digits (spaces or dashes allowed between them) that pass the Luhn checksum;
-phone numbers are 9-15 digits with the usual separators, a leading ``+`` or a separator being
-required so that plain numbers (ids, amounts) are not flagged. Known misses: spelled-out addresses
+Card numbers are 13-19 digits (spaces or dashes allowed between them) that pass the Luhn checksum
+and are not 13-digit ISBNs (978/979...);
+phone numbers are 9-15 digits with the usual separators in the usual digit groups, a leading ``+``
+or a separator being required so that plain numbers (ids, amounts) and product codes are not
+flagged (:func:`_is_phone`). Known misses: spelled-out addresses
 ("bob at example dot com"), numbers written in words, 7-8 digit local phone numbers.
 """
 
@@ -53,12 +55,20 @@ def luhn_ok(digits: str) -> bool:
 
 
 def _is_phone(span: str) -> bool:
+    """9-15 digits in the digit groups phone numbers are written in: after a ``+``, groups of at most
+    4 digits (the last up to 8: ``+49 30 1234567``); without one, at least three groups, the first of
+    1-4 digits and the rest of 2-4 (``(555) 123-4567``, ``020 7946 0958``, ``1-800-555-1234``).
+    Product and part codes (``010-10823-00``, ``970118-0403``, ISBNs ``0-7356-0592-0``) have longer
+    or single-digit groups and are not phones."""
     digits = sum(c.isdigit() for c in span)
     if not 9 <= digits <= 15:
         return False
     if span.count("(") != span.count(")"):
         return False
-    return span.startswith("+") or any(c in span for c in " ().-")
+    groups = [len(g) for g in re.findall(r"[0-9]+", span)]
+    if span.startswith("+"):
+        return len(groups) >= 2 and all(n <= 4 for n in groups[:-1]) and groups[-1] <= 8
+    return len(groups) >= 3 and groups[0] <= 4 and all(2 <= n <= 4 for n in groups[1:])
 
 
 def find_pii(text: str) -> list[Finding]:
@@ -73,7 +83,8 @@ def find_pii(text: str) -> list[Finding]:
 
     for m in _CARD.finditer(text):
         digits = re.sub(r"[ \-]", "", m.group())
-        if 13 <= len(digits) <= 19 and luhn_ok(digits) and free(m.start(), m.end()):
+        isbn = len(digits) == 13 and digits.startswith(("978", "979"))  # EAN-13 books pass Luhn-like checks too
+        if 13 <= len(digits) <= 19 and not isbn and luhn_ok(digits) and free(m.start(), m.end()):
             found.append(Finding("card", m.start(), m.end()))
             taken.append((m.start(), m.end()))
     for m in _PHONE.finditer(text):

@@ -35,8 +35,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
+from crowdforge.modeling.tokens import PAIR_SEPARATOR
+
 FIELDS = ("contributor_id", "item_id", "text", "label", "submitted_at")
 REQUIRED_HEADER = ("item_id", "text", "label")
+#: A pair task may give its two texts as two fields instead of one ``text``; they are joined as
+#: ``"<text_a> [SEP] <text_b>"``, the pair convention of ``crowdforge.modeling.tokens``.
+PAIR_FIELDS = ("text_a", "text_b")
+
+
+def missing_columns(names: Any) -> list[str]:
+    """Required columns absent from ``names``; ``text_a`` and ``text_b`` together stand in for ``text``."""
+    names = set(names)
+    has_pair = all(f in names for f in PAIR_FIELDS)
+    return [c if c != "text" else "text (or text_a and text_b)"
+            for c in REQUIRED_HEADER if c not in names and not (c == "text" and has_pair)]
+
+
+def join_pair_fields(fields: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``text`` from ``text_a`` and ``text_b`` when ``text`` itself is absent or empty (a copy)."""
+    if fields is None or fields.get("text") not in (None, "") or not all(f in fields for f in PAIR_FIELDS):
+        return fields
+    a, b = (fields.get(f) for f in PAIR_FIELDS)
+    blank = [f for f, v in zip(PAIR_FIELDS, (a, b)) if v is None or str(v).strip() == ""]
+    return {**fields, "text": None if blank else f"{str(a).strip()} {PAIR_SEPARATOR} {str(b).strip()}"}
 DELIMITED = {".csv": ",", ".tsv": "\t"}
 JSON_LINES = (".jsonl", ".ndjson")
 PARQUET = (".parquet",)
@@ -267,7 +289,7 @@ def read_delimited(lines: Iterator[Line], delimiter: str, max_chars: int) -> Ite
                 header = [h.strip().lower() for h in parse_fields(record, delimiter)] if err is None else []
             except csv.Error:
                 header = []
-            missing = [c for c in REQUIRED_HEADER if c not in header]
+            missing = missing_columns(header)
             if err is not None:
                 bad_header = err
             elif "\x00" in record:
@@ -291,7 +313,7 @@ def read_delimited(lines: Iterator[Line], delimiter: str, max_chars: int) -> Ite
                 if len(values) != len(header):
                     err = f"expected {len(header)} fields, got {len(values)}"
                 else:
-                    fields = dict(zip(header, values))
+                    fields = join_pair_fields(dict(zip(header, values)))
             except csv.Error as exc:
                 err = f"bad quoting: {exc}"
         yield _text_row(line, record, fields if err is None else None, err, rec.full_hash)
@@ -299,13 +321,13 @@ def read_delimited(lines: Iterator[Line], delimiter: str, max_chars: int) -> Ite
 
 def _scalar_fields(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
     """Known fields must be JSON scalars; nested values are an error, not a silent ``str()``."""
-    for k in FIELDS:
+    for k in FIELDS + PAIR_FIELDS:
         v = obj.get(k)
         if isinstance(v, (dict, list)):
             return None, f"field {k!r} is a JSON {type(v).__name__}, expected a string"
         if isinstance(v, float) and not math.isfinite(v):
             return None, f"field {k!r} is not a finite number"
-    return obj, None
+    return join_pair_fields(obj), None
 
 
 def read_json_lines(lines: Iterator[Line], max_chars: int) -> Iterator[RawRow]:
@@ -343,10 +365,10 @@ def read_parquet(path: Path, batch_rows: int) -> Iterator[RawRow]:
         names = set(pf.schema_arrow.names)
     except Exception as exc:  # noqa: BLE001 - any reader failure means "unreadable"
         raise Unreadable(f"not a Parquet file ({type(exc).__name__}: {str(exc)[:120]})") from None
-    missing = [c for c in REQUIRED_HEADER if c not in names]
+    missing = missing_columns(names)
     if missing:
         raise Unreadable(f"Parquet schema lacks column(s) {missing}")
-    wanted = [c for c in pf.schema_arrow.names if c in FIELDS]
+    wanted = [c for c in pf.schema_arrow.names if c in FIELDS + PAIR_FIELDS]
     n = 0
     try:
         for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
@@ -356,7 +378,7 @@ def read_parquet(path: Path, batch_rows: int) -> Iterator[RawRow]:
                 if any(isinstance(v, (dict, list, bytes)) for v in rec.values()):
                     yield RawRow(n, None, raw, raw, "nested or binary value in a known column")
                 else:
-                    yield RawRow(n, rec, raw, raw, None)
+                    yield RawRow(n, join_pair_fields(rec), raw, raw, None)
     except Exception as exc:  # noqa: BLE001
         msg = f"Parquet decoding failed after row {n} ({type(exc).__name__}: {str(exc)[:120]})"
         yield RawRow(n + 1, None, "", json.dumps({"after_row": n}), msg)

@@ -34,15 +34,30 @@ def toy_texts(labels: Sequence[str], rng: np.random.Generator, n_words: int = 15
     return out
 
 
+def toy_pair_texts(labels: Sequence[str], rng: np.random.Generator) -> list[str]:
+    """Pairs of product records ``"<left> [SEP] <right>"``: for label ``match`` the right record has the
+    left one's model code written differently (``ab-1234`` / ``AB1234``), otherwise another code of
+    the same brand; the descriptive words are drawn independently on both sides."""
+    out = []
+    for label in labels:
+        brand = str(rng.choice(["acme", "zenith", "orbit", "nova"]))
+        code = f"{rng.choice(list('abcdefgh'))}{rng.choice(list('klmnpq'))}-{rng.integers(100, 9999)}"
+        other = code if label == "match" else f"{code[:3]}{rng.integers(100, 9999)}"
+        words = [" ".join(rng.choice(FILLER, 4)) for _ in range(2)]
+        right = other.replace("-", "").upper() if label == "match" else other
+        out.append(f"{brand} {words[0]} {code} [SEP] {brand.title()} {right} {words[1]}")
+    return out
+
+
 def toy_labelled(n: int, classes: Sequence[str], rng: np.random.Generator, prefix: str,
-                 noise: float = 0.1) -> pd.DataFrame:
+                 noise: float = 0.1, pairs: bool = False) -> pd.DataFrame:
     y = rng.integers(0, len(classes), n)
     labels = [classes[i] for i in y]
     q = np.full((n, len(classes)), noise / max(len(classes) - 1, 1))
     q[np.arange(n), y] = 1.0 - noise
     df = pd.DataFrame({
         "item_id": [f"{prefix}{i:05d}" for i in range(n)],
-        "text": toy_texts(labels, rng),
+        "text": toy_pair_texts(labels, rng) if pairs else toy_texts(labels, rng),
         "label": labels,
         "confidence": q.max(1),
     })
@@ -60,19 +75,21 @@ def write_toy_blackboard(
     n_test: int = 45,
     n_unlabeled: int = 150,
     seed: int = 0,
+    pairs: bool = False,
 ) -> None:
-    """Write gold, unlabeled, accepted, train_augmented and valid parquet files."""
+    """Write gold, unlabeled, accepted, train_augmented and valid parquet files (``pairs``: texts are
+    record pairs, :func:`toy_pair_texts`, classes e.g. ``("no_match", "match")``)."""
     rng = np.random.default_rng(seed)
     classes = list(classes)
-    train = toy_labelled(n_train, classes, rng, "tr")
+    train = toy_labelled(n_train, classes, rng, "tr", pairs=pairs)
     train["weight"] = rng.uniform(0.5, 1.0, len(train))
     train["augmented"] = False
     train["source_item_id"] = train["item_id"]
-    valid = toy_labelled(n_valid, classes, rng, "va")
+    valid = toy_labelled(n_valid, classes, rng, "va", pairs=pairs)
     valid["weight"] = 1.0
     valid["augmented"] = False
     valid["source_item_id"] = valid["item_id"]
-    test = toy_labelled(n_test, classes, rng, "te")
+    test = toy_labelled(n_test, classes, rng, "te", pairs=pairs)
     gold = pd.concat([
         test[["item_id", "text", "label"]].assign(split="test"),
         valid.head(10)[["item_id", "text", "label"]].assign(split="check"),

@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from crowdforge.config import Params
+from crowdforge.ingestion.readers import PAIR_FIELDS
+from crowdforge.modeling.tokens import PAIR_SEPARATOR
 from crowdforge.paths import Paths
 
 
@@ -25,17 +27,28 @@ def read_texts(file: Path) -> list[str]:
     if suffix not in readers:
         raise PredictError(f"{file}: unsupported format {suffix!r} (use .txt, .csv, .parquet or .jsonl)")
     df = readers[suffix](file)
+    if "text" not in df.columns and all(c in df.columns for c in PAIR_FIELDS):  # a pair task's two fields
+        df["text"] = df[PAIR_FIELDS[0]].fillna("").astype(str) + f" {PAIR_SEPARATOR} " + df[PAIR_FIELDS[1]].fillna(
+            "").astype(str)
     if "text" not in df.columns:
-        raise PredictError(f"{file}: needs a `text` column, found {list(df.columns)}")
+        raise PredictError(f"{file}: needs a `text` column (or `text_a` and `text_b`), found {list(df.columns)}")
     return df["text"].fillna("").astype(str).tolist()
 
 
-def predict_texts(params: Params, paths: Paths, texts: list[str], model_uri: str | None = None) -> pd.DataFrame:
+def predict_texts(params: Params, paths: Paths, texts: list[str], model_uri: str | None = None,
+                  precision: str = "fp32") -> pd.DataFrame:
+    """Predictions of the registered model; ``precision`` as :data:`~crowdforge.modeling.inference.PRECISIONS`."""
+    import os
+
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from crowdforge.modeling.inference import PRECISION_ENV, PRECISIONS
     from crowdforge.registry.tracking import champion_uri, connect
 
+    if precision not in PRECISIONS:
+        raise PredictError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    os.environ[PRECISION_ENV] = precision  # read by the model's load_context
     connect(params, paths)
     uri = model_uri or champion_uri(params)
     try:

@@ -2,7 +2,8 @@
 
 Input: a DataFrame with a ``text`` column (or a list of strings). Output: ``label``,
 ``confidence`` and one ``prob_<class>`` column per class, from the calibrated, weighted ensemble
-stored in the ``ensemble`` artifact.
+stored in the ``ensemble`` artifact. ``CROWDFORGE_PRECISION=bf16`` (or ``int8``) in the serving
+process's environment trades a little agreement for speed (``crowdforge.modeling.inference.PRECISIONS``).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from mlflow.pyfunc import PythonModel
 
 class CrowdforgeEnsemble(PythonModel):
     def load_context(self, context: Any) -> None:
-        from crowdforge.modeling.inference import load_ensemble
+        import os
 
-        self.ensemble = load_ensemble(context.artifacts["ensemble"])
+        from crowdforge.modeling.inference import PRECISION_ENV, load_ensemble
+
+        self.ensemble = load_ensemble(context.artifacts["ensemble"], os.environ.get(PRECISION_ENV) or "fp32")
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """``pd.DataFrame`` is a hint MLflow accepts without inferring a schema from it: the schema is
