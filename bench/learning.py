@@ -239,7 +239,7 @@ def refined_label_accuracy(params: Any, root: Path, truth: dict[str, str]) -> fl
         return None
     texts, q, w, _ = load_split(paths.train, list(params.data.classes))
     df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id", "augmented"])
-    r = refine(params, paths, encoder_source(paths, params)[0], texts, q, w)
+    r, _ = refine(params, paths, encoder_source(paths, params)[0], texts, q, w)
     keep = (~df["augmented"].astype(bool) & df["item_id"].isin(truth)).to_numpy()
     pred = np.array(params.data.classes)[r.argmax(1)]
     return float((pred[keep] == df["item_id"][keep].map(truth).to_numpy()).mean())

@@ -155,9 +155,12 @@ class FinetuneParams:
                                                 "every encoder member")
     cache_frozen: StrictBool = _f(True, "partial: cache the frozen lower layers' hidden states once")
     checkpoint: StrictBool = _f(True, "partial/full: save a resumable checkpoint after every epoch")
-    refine_rounds: int = _f(2, "EM rounds refining the soft labels with an out-of-fold text classifier (0 = off)",
+    refine_rounds: int = _f(20, "EM rounds at most refining the soft labels with an out-of-fold text classifier "
+                                "(0 = off); they stop earlier once the labels settle (refine_tol)",
                             ge=0)
     refine_folds: Annotated[int, Field(ge=2)] = _f(5, "folds of that out-of-fold classifier")
+    refine_tol: float = _f(1e-3, "refinement has converged when a round moves the soft labels by less than this "
+                                 "(mean absolute change)", gt=0)
     elr_weight: float = _f(3.0, "partial/full members: early-learning regularisation (Liu et al. 2020; 0 = off)",
                            ge=0)
     class_weight: Literal["auto", "balanced", "none"] = _f(

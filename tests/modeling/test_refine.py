@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -43,3 +45,14 @@ def test_an_items_own_label_never_reaches_its_prediction() -> None:
     np.testing.assert_allclose(p2[[0, 199]], p[[0, 199]])
     assert not np.allclose(p2, p)  # other folds did learn from it
     assert (p.argmax(1) == y).mean() == pytest.approx(1.0, abs=0.2)
+
+
+def test_rounds_run_to_convergence_and_stop_there() -> None:
+    x, q, y = _crowd()
+    groups = [f"i{i}" for i in range(len(y))]
+    trace: list[float] = []
+    r = refine_soft_labels(x, q, np.ones(len(y)), groups, rounds=50, folds=5, seed=0, tol=1e-3, trace=trace)
+    assert 2 <= len(trace) < 50 and trace[-1] < 1e-3 <= trace[-2]  # stopped at the first settled round
+    assert all(b < a for a, b in itertools.pairwise(trace))  # one fixed map: each round moves the labels less
+    two = refine_soft_labels(x, q, np.ones(len(y)), groups, rounds=2, folds=5, seed=0)
+    assert (r.argmax(1) == y).mean() >= (two.argmax(1) == y).mean()

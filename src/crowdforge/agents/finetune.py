@@ -15,12 +15,16 @@ optional bootstrap resampling (bagging, Breiman 1996) with one of two units:
   correlated (same skill, same biases), so resampling contributors rather than rows gives members
   that disagree where the data depends on a few people, which is what the ensemble should hedge.
 
-Label refinement (``refine_rounds``, default 2): before any member trains, the soft labels are
-combined with an out-of-fold logistic regression on the frozen encoder's cached embeddings,
-``r ∝ p(c | x) q(c) / prior(c)`` (Raykar et al. 2010; see ``crowdforge.modeling.refine``), and
-example weights follow the refined confidence. Valid labels are never refined: they are the gold
-check items' expert labels, or (with too few of those) crowd labels that the ensemble fits through
-a noise channel.
+Label refinement (``refine_rounds``, at most 20, until a round moves the labels by less than
+``refine_tol``): before any member trains, the soft labels are combined with an out-of-fold
+logistic regression on the frozen encoder's cached embeddings (and, on a pair task, the pair's
+similarity features), ``r ∝ p(c | x) q(c) / prior(c)`` (Raykar et al. 2010; see
+``crowdforge.modeling.refine``), and example weights follow the refined confidence. Iterated to
+convergence rather than for two rounds, the training labels' accuracy rose from 86.6 to 87.6 % on
+SST-2, 95.1 to 96.3 % on Abt-Buy and 93.7 to 95.0 % on Amazon-Google (BENCHMARKS.md, issue 13
+ablations). The refined labels are computed once and cached for every member. Valid labels are
+never refined: they are the gold check items' expert labels, or (with too few of those) crowd
+labels that the ensemble fits through a noise channel.
 
 Early-learning regularisation (``elr_weight``, Liu et al. 2020, "Early-Learning Regularization
 Prevents Memorization of Noisy Labels", NeurIPS): the refined labels are still wrong on some
@@ -193,14 +197,14 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     backbone, source = encoder_source(paths, params)
     fingerprint = member_fingerprint(params, paths, m, backbone)
     pairs = is_pair_task(texts)
-    refined = {"rounds": ft.refine_rounds, "changed": 0.0, "pair_features": pairs}
+    refined: dict[str, Any] = {"max_rounds": ft.refine_rounds, "rounds": 0, "changed": 0.0, "pair_features": pairs}
     if strategy(m.strategy).pairs_only and not pairs:
         return not_applicable(paths, m, fingerprint, classes,
                               "the training texts are not pairs (`<record> [SEP] <record>`): a pair member has "
                               "nothing to compare")
     if ft.refine_rounds > 0:  # the same refinement for every member (deterministic, cached features)
-        r = refine(params, paths, backbone, texts, q, w)
-        refined["changed"] = float((r.argmax(1) != q.argmax(1)).mean())
+        r, trace = refine(params, paths, backbone, texts, q, w)
+        refined.update(rounds=len(trace), round_changes=trace, changed=float((r.argmax(1) != q.argmax(1)).mean()))
         w = w / np.clip(q.max(1), 1e-12, None) * r.max(1)  # weight follows the refined confidence
         q = r
     # bagging (after caching, so bootstrapped heads reuse the cache)
@@ -311,19 +315,31 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
 
 
 def refine(params: Params, paths: Paths, backbone: str, texts: Sequence[str], q: np.ndarray,
-           w: np.ndarray) -> np.ndarray:
+           w: np.ndarray) -> tuple[np.ndarray, list[float]]:
     """The refined soft labels of the train split (``crowdforge.modeling.refine``): the out-of-fold
     classifier sees the frozen encoder's cached embeddings and, on a pair task, the pair's
     standardised similarity features too (the embedding of a joined pair says little about whether
-    its two records match)."""
+    its two records match). Also returns each round's mean absolute change of the labels."""
     ft = params.finetune
     train_df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id"])
     groups = train_df["source_item_id"].fillna(train_df["item_id"]).astype(str).tolist()
+    key = hashlib.sha256(json.dumps([backbone_fingerprint(backbone), ft.max_length, ft.refine_rounds, ft.refine_folds,
+                                     ft.refine_tol, ft.seed, list(texts), groups]).encode())
+    key.update(np.ascontiguousarray(q).tobytes() + np.ascontiguousarray(w).tobytes())
+    cached = paths.cache / "refined" / f"{key.hexdigest()[:32]}.npz"
+    if cached.exists():  # every member refines the same labels: the first one computes them
+        with np.load(cached) as f:
+            return f["r"], [float(c) for c in f["trace"]]
     x = cached_embeddings(backbone, texts, ft.max_length, paths.cache / "embeddings")
     if is_pair_task(texts):
         f = PairFeaturizer().fit(texts).transform(texts)
         x = np.hstack([x, (f - f.mean(0)) / np.clip(f.std(0), 1e-9, None)])
-    return refine_soft_labels(x, q, w, groups, ft.refine_rounds, ft.refine_folds, ft.seed)
+    trace: list[float] = []
+    r = refine_soft_labels(x, q, w, groups, ft.refine_rounds, ft.refine_folds, ft.seed, ft.refine_tol, trace)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with io.atomic_path(cached) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, r=r, trace=np.asarray(trace))
+    return r, trace
 
 
 def fit_pair_member(texts: Sequence[str], q: np.ndarray, w: np.ndarray, v_texts: Sequence[str], v_y: np.ndarray,

@@ -50,9 +50,13 @@ def out_of_fold_probs(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Seque
     return p
 
 
-def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], rounds: int = 2,
-                       folds: int = 5, seed: int = 0) -> np.ndarray:
-    """``rounds`` EM rounds of ``r_i ∝ p_oof(c | x_i) q_i(c) / pi(c)`` (``pi`` = mean of ``q``).
+def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], rounds: int = 20,
+                       folds: int = 5, seed: int = 0, tol: float = 1e-3,
+                       trace: list[float] | None = None) -> np.ndarray:
+    """EM rounds of ``r_i ∝ p_oof(c | x_i) q_i(c) / pi(c)`` (``pi`` = mean of ``q``) until the labels
+    stop moving (mean absolute change of ``r`` below ``tol``) or ``rounds`` at most. The folds stay
+    the same in every round, so the rounds iterate one map to its fixed point. ``trace`` (if given)
+    receives each round's mean absolute change.
 
     Returns ``q`` unchanged when ``rounds`` is 0 or there are fewer than two groups.
     """
@@ -62,11 +66,17 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
     prior = np.clip(q.mean(0), 1e-6, None)
     likelihood = q / prior  # L_i(c) up to a constant per item
     r = q
-    with track(rounds, f"label refinement ({folds} folds per round)") as advance:
-        for step in range(rounds):
+    with track(rounds, f"label refinement ({folds} folds per round, at most {rounds} rounds)") as advance:
+        for _ in range(rounds):
             p = out_of_fold_probs(np.asarray(x, dtype=np.float64), r, np.asarray(w, dtype=np.float64), groups,
-                                  folds, seed + step)
-            r = p * likelihood
-            r = r / np.clip(r.sum(1, keepdims=True), 1e-12, None)
+                                  folds, seed)
+            new = p * likelihood
+            new = new / np.clip(new.sum(1, keepdims=True), 1e-12, None)
+            change = float(np.abs(new - r).mean())
+            r = new
             advance()
+            if trace is not None:
+                trace.append(change)
+            if change < tol:
+                break
     return r
