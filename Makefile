@@ -54,8 +54,9 @@ bench-aggregation: setup  ## truth inference vs crowd-kit on the shared crowds a
 bench-ingest: setup  ## ingestion + validation throughput and peak memory on 1M rows
 	python bench/ingest.py
 
-bench-learning: setup  ## gold-trained vs naive vs crowdforge on SST-2 and weather sentiment; Trainer throughput
+bench-learning: setup  ## gold-trained vs naive vs crowdforge on SST-2, weather sentiment and entity matching; throughput
 	python bench/learning.py
+	python bench/entity_matching.py
 
 schedule: setup  ## local Prefect server on loopback (UI http://127.0.0.1:4200) serving the nightly deployment
 	crowdforge schedule --port 4200

@@ -1,0 +1,156 @@
+"""Label refinement: two EM rounds against rounds run to convergence, on SST-2 and two entity-matching sets.
+
+Run with ``python bench/refinement.py`` (``--sets`` to choose). Reads ``../shared/datasets`` at run time
+and skips with a message when it is absent. For each set the crowd of the learning / entity-matching
+benchmarks is simulated (same seeds, same worker mix) and crowdforge's ingest ... pretrain stages run;
+then the soft labels are refined as the finetune agent does (``crowdforge.agents.finetune.refine``)
+with 0 rounds (the reputation stage's labels), 2 rounds (the old default) and to convergence (the
+default: at most ``finetune.refine_rounds``, until a round moves the labels by less than
+``finetune.refine_tol``). Reported: the accuracy of the training labels against the truth and, on
+the pair sets, the match F1 of a ``pair_features`` member trained on them, scored on the
+literature VALID split (never the test split the other benchmarks report). Results go to
+``.crowdforge/bench/refinement.json`` and the section "## Label refinement (bench/refinement.py)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import entity_matching as em
+import learning
+from report_files import write_json, write_section
+
+SECTION = "## Label refinement (bench/refinement.py)"
+VARIANTS = (("reputation labels (no refinement)", 0), ("2 rounds (the old default)", 2), ("to convergence", None))
+
+
+def prepare(name: str, raw: Path, work: Path, seed: int) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """The simulated crowd of ``name`` under ``raw``: (classes, truth by item id, overrides)."""
+    if name == "sst2":
+        info = learning.prepare_sst2(raw, work, 3000, seed)
+        return info["classes"], info["truth"], {}
+    state: dict[str, Any] = {}
+    em.prepare_em(name, raw, work, 1000 if name == "abt_buy" else 1500, None, seed, state)
+    return em.CLASSES, state["truth"], dict(em.DEFAULT_OVERRIDES)
+
+
+def valid_pairs(name: str) -> tuple[list[str], list[int]]:
+    left, right = em.record_texts(em.DATA / name / "tableA.csv"), em.record_texts(em.DATA / name / "tableB.csv")
+    df = em.pair_frame(em.DATA / name, "valid", left, right)
+    return df["text"].tolist(), [int(lbl == "match") for lbl in df["label"]]
+
+
+def measure(name: str, work: Path, seed: int, threads: int) -> dict[str, Any]:
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import f1_score
+
+    from crowdforge.agents.finetune import refine
+    from crowdforge.modeling.members import class_balance_factors, encoder_source, load_split
+    from crowdforge.modeling.pair_features import PairSimilarityModel, is_pair_task
+    from crowdforge.paths import Paths
+
+    root = work / name
+    classes, truth, overrides = prepare(name, root / "data" / "raw", work, seed)
+    params = learning.bench_params(classes, threads, overrides)
+    learning.run_agents(params, root, ["ingest", "validate", "reputation", "augment", "pretrain"])
+    paths = Paths(root)
+    texts, q, w, _ = load_split(paths.train, classes)
+    df = pd.read_parquet(paths.train, columns=["item_id", "augmented"])
+    keep = (~df["augmented"].astype(bool) & df["item_id"].isin(truth)).to_numpy()
+    y = np.array([classes.index(truth[i]) if k else -1 for i, k in zip(df["item_id"], keep)])
+    backbone = encoder_source(paths, params)[0]
+    out: dict[str, Any] = {"n_train_rows": len(texts), "n_scored": int(keep.sum()), "variants": {}}
+    for label, rounds in VARIANTS:
+        t0 = time.perf_counter()
+        if rounds == 0:
+            r, trace = q, []
+        else:
+            ft = params.finetune if rounds is None else dataclasses.replace(params.finetune, refine_rounds=rounds,
+                                                                              refine_tol=1e-12)
+            r, trace = refine(dataclasses.replace(params, finetune=ft), paths, backbone, texts, q, w)
+        row = {"rounds": len(trace), "seconds": round(time.perf_counter() - t0, 1),
+               "label_accuracy": float((r.argmax(1)[keep] == y[keep]).mean())}
+        if is_pair_task(texts):
+            model = PairSimilarityModel(len(classes), seed).fit(texts, r, w * class_balance_factors(r, w, "auto"))
+            v_texts, v_y = valid_pairs(name)
+            row["pair_member_valid_match_f1"] = float(f1_score(v_y, model.predict_proba(v_texts).argmax(1)))
+        out["variants"][label] = row
+        learning.log(f"{name}: {label}: {row}")
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    m = res["machine"]
+    lines = [(f"Command: `{res['command']}` ({res['date']}; {m['cores']} cores shared with other work, Python "
+             f"{m['python']}, torch threads {res['threads']}; total {res['seconds'] / 60:.1f} min)."), "",
+             ("Crowds as in the learning and entity-matching benchmarks (SST-2: 3,000 sentences; Abt-Buy / "
+             "Amazon-Google: 1,000 / 1,500 train pairs; 60 simulated contributors, 3 labels per item); the soft "
+             "labels after the reputation stage, refined as the finetune agent does. Label accuracy: the training "
+             "labels' arg-max against the truth (original rows, not augmented copies). Pair member: a "
+             "`pair_features` member trained on those labels, match F1 on the literature VALID split "
+             "(the test split stays for the other benchmarks)."), "",
+             ("Seconds: the refinement's wall time; the first refined row of a set also embeds its texts (cached "
+             "after)."), "",
+             "| set | labels | rounds | label accuracy % | pair member valid match F1 % | seconds |",
+             "|---|---|---|---|---|---|"]
+    for name, r in res["sets"].items():
+        for label, v in r.get("variants", {}).items():
+            f1 = v.get("pair_member_valid_match_f1")
+            lines.append(f"| {name} | {label} | {v['rounds']} | {100 * v['label_accuracy']:.1f} | "
+                         f"{'–' if f1 is None else f'{100 * f1:.1f}'} | {v['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sets", default="sst2,abt_buy,amazon_google")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
+    ap.add_argument("--from-json", type=Path, help="only re-render the BENCHMARKS.md section from a results file")
+    args = ap.parse_args()
+    if args.from_json:
+        res = json.loads(args.from_json.read_text())
+        write_section(SECTION, markdown(res), ROOT / "BENCHMARKS.md")
+        print(markdown(res))
+        return 0
+    if not learning.SHARED.is_dir():
+        print(f"bench/refinement.py: {learning.SHARED} is absent; skipping (the benchmark needs the shared datasets).")
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    from crowdforge.runtime import configure_environment, set_torch_threads
+
+    configure_environment()
+    set_torch_threads(args.threads)
+    res: dict[str, Any] = {"command": "python bench/refinement.py " + " ".join(sys.argv[1:]),
+                           "date": time.strftime("%Y-%m-%d %H:%M"), "threads": args.threads,
+                           "machine": {"cores": os.cpu_count(), "python": platform.python_version()}, "sets": {}}
+    t0 = time.perf_counter()
+    out = ROOT / ".crowdforge" / "bench" / "refinement.json"
+    with tempfile.TemporaryDirectory(prefix="bench-refinement-") as tmp:
+        for name in args.sets.split(","):
+            res["sets"][name] = measure(name, Path(tmp), args.seed, args.threads)
+            res["seconds"] = time.perf_counter() - t0
+            write_json(res, out)
+    if not args.no_write:
+        write_section(SECTION, markdown(res), ROOT / "BENCHMARKS.md")
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
