@@ -235,7 +235,7 @@ def refined_label_accuracy(params: Any, root: Path, truth: dict[str, str]) -> fl
     from crowdforge.paths import Paths
 
     paths, ft = Paths(root), params.finetune
-    if ft.refine_rounds <= 0:
+    if ft.refine_rounds == 0:
         return None
     texts, q, w, _ = load_split(paths.train, list(params.data.classes))
     df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id", "augmented"])

@@ -1,14 +1,15 @@
 """Label refinement: two EM rounds against rounds run to convergence, on SST-2 and two entity-matching sets.
 
-Run with ``python bench/refinement.py`` (``--sets`` to choose). Reads ``../shared/datasets`` at run time
-and skips with a message when it is absent. For each set the crowd of the learning / entity-matching
-benchmarks is simulated (same seeds, same worker mix) and crowdforge's ingest ... pretrain stages run;
-then the soft labels are refined as the finetune agent does (``crowdforge.agents.finetune.refine``)
-with 0 rounds (the reputation stage's labels), 2 rounds (the old default) and to convergence (the
-default: at most ``finetune.refine_rounds``, until a round moves the labels by less than
-``finetune.refine_tol``). Reported: the accuracy of the training labels against the truth and, on
-the pair sets, the match F1 of a ``pair_features`` member trained on them, scored on the
-literature VALID split (never the test split the other benchmarks report). Results go to
+Run with ``python bench/refinement.py`` (``--sets`` to choose). Reads ``../shared/datasets`` at run
+time and skips with a message when it is absent. For each set the crowd of the learning / entity-
+matching benchmarks is simulated (same seeds, same worker mix) and crowdforge's ingest ... pretrain
+stages run; then the soft labels are refined as the finetune agent does
+(``crowdforge.agents.finetune.refine``) with 0 rounds (the reputation stage's labels), 2 rounds (the
+default for single texts) and to convergence (``finetune.refine_rounds: converge``, the default on
+pair tasks: at most ``refine_max_rounds``, until a round moves the labels by less than
+``refine_tol``). Reported: the accuracy of the training labels against the truth and, on the pair
+sets, the match F1 of a ``pair_features`` member trained on them, scored on the literature VALID
+split (never the test split the other benchmarks report). Results go to
 ``.crowdforge/bench/refinement.json`` and the section "## Label refinement (bench/refinement.py)".
 """
 
@@ -34,7 +35,7 @@ import learning
 from report_files import write_json, write_section
 
 SECTION = "## Label refinement (bench/refinement.py)"
-VARIANTS = (("reputation labels (no refinement)", 0), ("2 rounds (the old default)", 2), ("to convergence", None))
+VARIANTS = (("reputation labels (no refinement)", 0), ("2 rounds", 2), ("to convergence", None))
 
 
 def prepare(name: str, raw: Path, work: Path, seed: int) -> tuple[list[str], dict[str, str], dict[str, Any]]:
@@ -79,8 +80,7 @@ def measure(name: str, work: Path, seed: int, threads: int) -> dict[str, Any]:
         if rounds == 0:
             r, trace = q, []
         else:
-            ft = params.finetune if rounds is None else dataclasses.replace(params.finetune, refine_rounds=rounds,
-                                                                              refine_tol=1e-12)
+            ft = dataclasses.replace(params.finetune, refine_rounds="converge" if rounds is None else rounds)
             r, trace = refine(dataclasses.replace(params, finetune=ft), paths, backbone, texts, q, w)
         row = {"rounds": len(trace), "seconds": round(time.perf_counter() - t0, 1),
                "label_accuracy": float((r.argmax(1)[keep] == y[keep]).mean())}

@@ -41,6 +41,7 @@ def test_members_are_validated():
     ({"finetune.max_epochs": "three"}, r"finetune\.max_epochs = 'three': Input should be a valid integer"),
     ({"ensemble.calibrate": "no"}, r"ensemble\.calibrate = 'no': Input should be a valid boolean"),
     ({"augment.valid_fraction": 1.5}, r"augment\.valid_fraction = 1\.5: Input should be less than 1"),
+    ({"finetune.refine_rounds": "often"}, r"refine_rounds\S* = 'often': Input should be 'auto' or 'converge'"),
     ({"reputation.method": "hierarchical"}, r"reputation\.method = 'hierarchical': unknown method; choose from auto"),
 ])
 def test_every_bad_value_names_key_value_and_what_is_allowed(override, expected):

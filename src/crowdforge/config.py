@@ -155,12 +155,14 @@ class FinetuneParams:
                                                 "every encoder member")
     cache_frozen: StrictBool = _f(True, "partial: cache the frozen lower layers' hidden states once")
     checkpoint: StrictBool = _f(True, "partial/full: save a resumable checkpoint after every epoch")
-    refine_rounds: int = _f(20, "EM rounds at most refining the soft labels with an out-of-fold text classifier "
-                                "(0 = off); they stop earlier once the labels settle (refine_tol)",
-                            ge=0)
+    refine_rounds: Annotated[int, Field(ge=0)] | Literal["auto", "converge"] = _f(
+        "auto", "EM rounds refining the soft labels with an out-of-fold text classifier: a number (0 = off), "
+                "converge (until a round moves the labels by less than refine_tol, at most refine_max_rounds), or "
+                "auto: converge on pair tasks, 2 rounds otherwise")
     refine_folds: Annotated[int, Field(ge=2)] = _f(5, "folds of that out-of-fold classifier")
     refine_tol: float = _f(1e-3, "refinement has converged when a round moves the soft labels by less than this "
                                  "(mean absolute change)", gt=0)
+    refine_max_rounds: PositiveInt = _f(20, "at most this many rounds when refining to convergence")
     elr_weight: float = _f(3.0, "partial/full members: early-learning regularisation (Liu et al. 2020; 0 = off)",
                            ge=0)
     class_weight: Literal["auto", "balanced", "none"] = _f(

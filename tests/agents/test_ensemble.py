@@ -263,6 +263,8 @@ def test_pair_member_joins_the_ensemble_on_a_pair_task(tiny_backbone: Path, tmp_
     assert fin["members_left_out"] == {} and fin["members"]["pair-similarity"]["strategy"] == "pair_features"
     info = io.read_json(paths.member("pair-similarity") / "member.json")
     assert info["encoder"] == {"kind": "none"} and info["label_refinement"]["pair_features"] is True
+    ref = info["label_refinement"]  # auto: to convergence on a pair task
+    assert ref["rounds"] == 20 or (ref["rounds"] >= 1 and ref["round_changes"][-1] < 1e-3)
     report = ensemble.run(params, paths)
     # the tiny random encoder cannot see a model code; the similarity features can
     assert report["members"]["pair-similarity"]["test_accuracy"] >= 0.9

@@ -61,10 +61,10 @@ def test_member_folders(trained) -> None:
     partial = io.read_json(paths.member("partial-1") / "member.json")
     assert partial["encoder"]["kind"] == "trained" and (paths.member("partial-1") / "encoder" / "config.json").exists()
     assert partial["classes"] == ["negative", "neutral", "positive"] and partial["max_length"] == 24
-    # soft labels were refined with the text until they settled, identically for every member (computed once)
+    # soft labels were refined with the text (auto: two rounds on single texts), identically for every
+    # member (computed once)
     ref = head["label_refinement"]
-    assert 1 <= ref["rounds"] <= ref["max_rounds"] == 20 and 0 <= ref["changed"] <= 1
-    assert ref["rounds"] == 20 or ref["round_changes"][-1] < 1e-3
+    assert ref["setting"] == "auto" and ref["rounds"] == 2 and not ref["pair_features"] and 0 <= ref["changed"] <= 1
     assert io.read_json(paths.member("partial-1") / "member.json")["label_refinement"] == ref
     assert len(list((paths.cache / "refined").glob("*.npz"))) == 1
     assert partial["label_refinement"] == head["label_refinement"]

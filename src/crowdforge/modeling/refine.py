@@ -50,13 +50,15 @@ def out_of_fold_probs(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Seque
     return p
 
 
-def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], rounds: int = 20,
-                       folds: int = 5, seed: int = 0, tol: float = 1e-3,
+def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], rounds: int = 2,
+                       folds: int = 5, seed: int = 0, tol: float | None = None,
                        trace: list[float] | None = None) -> np.ndarray:
-    """EM rounds of ``r_i ∝ p_oof(c | x_i) q_i(c) / pi(c)`` (``pi`` = mean of ``q``) until the labels
-    stop moving (mean absolute change of ``r`` below ``tol``) or ``rounds`` at most. The folds stay
-    the same in every round, so the rounds iterate one map to its fixed point. ``trace`` (if given)
-    receives each round's mean absolute change.
+    """EM rounds of ``r_i ∝ p_oof(c | x_i) q_i(c) / pi(c)`` (``pi`` = mean of ``q``).
+
+    ``tol`` None: exactly ``rounds`` rounds, the folds drawn anew each round. ``tol`` given: the folds
+    stay the same in every round, so the rounds iterate one map to its fixed point, and they stop
+    once a round moves the labels by less than ``tol`` (mean absolute change), ``rounds`` at most.
+    ``trace`` (if given) receives each round's mean absolute change.
 
     Returns ``q`` unchanged when ``rounds`` is 0 or there are fewer than two groups.
     """
@@ -67,9 +69,9 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
     likelihood = q / prior  # L_i(c) up to a constant per item
     r = q
     with track(rounds, f"label refinement ({folds} folds per round, at most {rounds} rounds)") as advance:
-        for _ in range(rounds):
+        for step in range(rounds):
             p = out_of_fold_probs(np.asarray(x, dtype=np.float64), r, np.asarray(w, dtype=np.float64), groups,
-                                  folds, seed)
+                                  folds, seed if tol is not None else seed + step)
             new = p * likelihood
             new = new / np.clip(new.sum(1, keepdims=True), 1e-12, None)
             change = float(np.abs(new - r).mean())
@@ -77,6 +79,6 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
             advance()
             if trace is not None:
                 trace.append(change)
-            if change < tol:
+            if tol is not None and change < tol:
                 break
     return r
