@@ -31,9 +31,9 @@ def format_summary(result: dict[str, Any]) -> str:
         secs = row.get("seconds")
         if secs is not None and ":" not in name:
             total += secs
-        keys = KEY_METRICS.get(name, ("valid_accuracy", "strategy"))
+        keys = KEY_METRICS.get(name, ("valid_accuracy", "strategy", "not_applicable"))  # members
         metrics = ", ".join(f"{k}={_fmt(row['metrics'][k])}" for k in keys if k in (row["metrics"] or {}))
-        status = "cached" if row["cached"] else "ran"
+        status = "cached" if row["cached"] else "left out" if (row["metrics"] or {}).get("not_applicable") else "ran"
         time_s = f"{secs:8.1f}s" if secs is not None else " " * 9
         lines.append(f"{name:<22}{time_s}  {status:<6}  {metrics}")
     lines.append(f"{'total':<22}{total:8.1f}s")
