@@ -52,13 +52,18 @@ def missing_columns(names: Any) -> list[str]:
             for c in REQUIRED_HEADER if c not in names and not (c == "text" and has_pair)]
 
 
+def join_pair(a: Any, b: Any) -> str:
+    """The one text of a pair: ``"<a> [SEP] <b>"`` (sides stripped)."""
+    return f"{str(a).strip()} {PAIR_SEPARATOR} {str(b).strip()}"
+
+
 def join_pair_fields(fields: dict[str, Any] | None) -> dict[str, Any] | None:
     """``text`` from ``text_a`` and ``text_b`` when ``text`` itself is absent or empty (a copy)."""
     if fields is None or fields.get("text") not in (None, "") or not all(f in fields for f in PAIR_FIELDS):
         return fields
     a, b = (fields.get(f) for f in PAIR_FIELDS)
     blank = [f for f, v in zip(PAIR_FIELDS, (a, b)) if v is None or str(v).strip() == ""]
-    return {**fields, "text": None if blank else f"{str(a).strip()} {PAIR_SEPARATOR} {str(b).strip()}"}
+    return {**fields, "text": None if blank else join_pair(a, b)}
 DELIMITED = {".csv": ",", ".tsv": "\t"}
 JSON_LINES = (".jsonl", ".ndjson")
 PARQUET = (".parquet",)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from crowdforge.config import Params
-from crowdforge.ingestion.readers import PAIR_FIELDS
-from crowdforge.modeling.tokens import PAIR_SEPARATOR
+from crowdforge.ingestion.readers import PAIR_FIELDS, join_pair
 from crowdforge.paths import Paths
 
 
@@ -28,8 +27,7 @@ def read_texts(file: Path) -> list[str]:
         raise PredictError(f"{file}: unsupported format {suffix!r} (use .txt, .csv, .parquet or .jsonl)")
     df = readers[suffix](file)
     if "text" not in df.columns and all(c in df.columns for c in PAIR_FIELDS):  # a pair task's two fields
-        df["text"] = df[PAIR_FIELDS[0]].fillna("").astype(str) + f" {PAIR_SEPARATOR} " + df[PAIR_FIELDS[1]].fillna(
-            "").astype(str)
+        df["text"] = [join_pair(a, b) for a, b in zip(*(df[c].fillna("") for c in PAIR_FIELDS), strict=True)]
     if "text" not in df.columns:
         raise PredictError(f"{file}: needs a `text` column (or `text_a` and `text_b`), found {list(df.columns)}")
     return df["text"].fillna("").astype(str).tolist()
