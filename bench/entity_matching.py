@@ -232,20 +232,23 @@ def run_set(name: str, args: argparse.Namespace, work: Path, overrides: dict[str
     root_c = work / f"{name}-crowdforge"
     original = learning.single_member
 
+    def crowdforge_done(mv_labels: dict[str, str]) -> None:
+        if "crowdforge" in entry:
+            return
+        entry["data"] = state.get("data")
+        entry["crowdforge"] = {**project_metrics(root_c),
+                               "seconds": round(time.perf_counter() - state["t_prepared"], 1)}
+        try:
+            entry["crowd"] = crowd_side_facts(root_c, state["truth"], mv_labels)
+        except Exception as exc:  # noqa: BLE001 -- a diagnostic must not stop the benchmark
+            entry["crowd"] = {"error": repr(exc)}
+        entry["status"] = "crowdforge done"
+        save()
+        log(f"{name}: (c) match F1 {entry['crowdforge']['test_match_f1']:.3f}, "
+            f"macro F1 {entry['crowdforge']['test_macro_f1']:.3f}")
+
     def hooked(params: Any, root: Path, item_labels: dict[str, str], label_source: str) -> dict[str, Any]:
-        if "crowdforge" not in entry:  # (c) has just finished: keep it before (b) starts
-            entry["data"] = state.get("data")
-            entry["crowdforge"] = {**project_metrics(root_c),
-                                   "seconds": round(time.perf_counter() - state["t_prepared"], 1)}
-            try:
-                entry["crowd"] = crowd_side_facts(root_c, state["truth"],
-                                                  item_labels if label_source == "naive" else {})
-            except Exception as exc:  # noqa: BLE001 -- a diagnostic must not stop the benchmark
-                entry["crowd"] = {"error": repr(exc)}
-            entry["status"] = "crowdforge done"
-            save()
-            log(f"{name}: (c) match F1 {entry['crowdforge']['test_match_f1']:.3f}, "
-                f"macro F1 {entry['crowdforge']['test_macro_f1']:.3f}")
+        crowdforge_done(item_labels if label_source == "naive" else {})  # (c) has just finished: keep it first
         out = original(params, root, item_labels, label_source)
         out.update(project_metrics(root))
         entry[label_source] = out
@@ -259,9 +262,10 @@ def run_set(name: str, args: argparse.Namespace, work: Path, overrides: dict[str
     try:
         result = learning.compare(
             name, lambda raw: prepare_em(name, raw, work, args.n_train_per_set[name], args.n_test, args.seed, state),
-            work, args.threads, 1, overrides)
+            work, args.threads, 1, overrides, not args.crowdforge_only)
     finally:
         learning.single_member = original
+    crowdforge_done({})  # --crowdforge-only: no (b) ran to trigger it
     c = result["crowdforge"]
     entry["crowdforge"].update({"seconds": c["seconds"], "stage_seconds": c["stage_seconds"], "n_train": c["n_train"],
                                 "n_valid": c["n_valid"], "calibration_source": c["calibration_source"],
@@ -401,9 +405,12 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None,
                     help="results file (default .crowdforge/bench/entity_matching.json)")
     ap.add_argument("--benchmarks", type=Path, default=None, help="the BENCHMARKS.md to update (default the project's)")
+    ap.add_argument("--crowdforge-only", action="store_true",
+                    help="run (c) alone, not (a) and (b) (ablations of (c); implies --no-write)")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     ap.add_argument("--from-json", type=Path, help="only re-render the BENCHMARKS.md section from a saved results file")
     args = ap.parse_args()
+    args.no_write = args.no_write or args.crowdforge_only
     bench_dir = ROOT / ".crowdforge" / "bench"
     if args.from_json:
         res = json.loads(args.from_json.read_text())

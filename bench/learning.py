@@ -239,7 +239,7 @@ def refined_label_accuracy(params: Any, root: Path, truth: dict[str, str]) -> fl
         return None
     texts, q, w, _ = load_split(paths.train, list(params.data.classes))
     df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id", "augmented"])
-    r, _ = refine(params, paths, encoder_source(paths, params)[0], texts, q, w)
+    r = refine(params, paths, encoder_source(paths, params)[0], texts, q, w, ft.seed).r
     keep = (~df["augmented"].astype(bool) & df["item_id"].isin(truth)).to_numpy()
     pred = np.array(params.data.classes)[r.argmax(1)]
     return float((pred[keep] == df["item_id"][keep].map(truth).to_numpy()).mean())
@@ -254,9 +254,10 @@ def mean_test_confidence(root: Path) -> float:
 
 
 def compare(name: str, prep: Any, work: Path, threads: int, train_seeds: int = 1,
-            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+            overrides: dict[str, Any] | None = None, baselines: bool = True) -> dict[str, Any]:
     """Run (c), then (b) and (a) on copies of (c)'s ingested/validated blackboard; with
-    ``train_seeds`` > 1, again with other training seeds (``other_training_seeds``)."""
+    ``train_seeds`` > 1, again with other training seeds (``other_training_seeds``). ``baselines``
+    False runs (c) alone (ablations of (c) against a measured (a) and (b))."""
     import pandas as pd
 
     from crowdforge.truth.majority_vote import MajorityVote
@@ -294,12 +295,12 @@ def compare(name: str, prep: Any, work: Path, threads: int, train_seeds: int = 1
         "seconds": round(time.perf_counter() - t0, 1),
         "mean_confidence": mean_test_confidence(root_c),
     }
-    for key, labels_map in (("naive", mv_labels), ("gold", truth)):
+    baseline_labels = {"naive": mv_labels, "gold": truth} if baselines else {}
+    for key, labels_map in baseline_labels.items():
         log(f"{name}: ({'b' if key == 'naive' else 'a'}) {key}")
         result[key] = single_member(params, fresh_copy(root_c, work / f"{name}-{key}"), labels_map, key)
     if train_seeds > 1:
-        result["seeds"] = other_training_seeds(name, params, root_c, work, {"naive": mv_labels, "gold": truth},
-                                               train_seeds)
+        result["seeds"] = other_training_seeds(name, params, root_c, work, baseline_labels, train_seeds)
     return result
 
 
@@ -317,8 +318,8 @@ def other_training_seeds(name: str, params: Any, root_c: Path, work: Path, label
     from dataclasses import replace
 
     base = params.finetune.seed
-    out: dict[str, Any] = {"finetune_seeds": [base + k for k in range(n)], "gold": [], "naive": [], "crowdforge": [],
-                           "crowdforge_ece": []}
+    out: dict[str, Any] = {"finetune_seeds": [base + k for k in range(n)], "crowdforge": [], "crowdforge_ece": [],
+                           **{key: [] for key in labels}}
     for k in range(1, n):
         p = replace(params, finetune=replace(params.finetune, seed=base + k))
         log(f"{name}: finetune.seed {base + k}")
@@ -399,6 +400,8 @@ def markdown(res: dict[str, Any]) -> str:
         pipelines = (("gold", "(a) gold labels, one member"), ("naive", "(b) majority vote, one member"),
                      ("crowdforge", "(c) crowdforge default pipeline"))
         for key, label in pipelines:
+            if key not in r:  # --crowdforge-only
+                continue
             v = r[key]
             lines.append(f"| {label} | {fmt_pct(v['test_accuracy'])} | {fmt_pct(v['test_macro_f1'])} | "
                          f"{v['test_ece']:.3f} | {v['seconds']:.0f} |")
@@ -406,6 +409,8 @@ def markdown(res: dict[str, Any]) -> str:
             seeds = ", ".join(map(str, r["seeds"]["finetune_seeds"]))
             spread = []
             for key, label in (("gold", "(a)"), ("naive", "(b)"), ("crowdforge", "(c)")):
+                if key not in r:
+                    continue
                 v = seed_accuracies(r, key)
                 spread.append(f"{label} {fmt_pct(mean(v))} ± {100 * std(v):.1f} (" + ", ".join(map(fmt_pct, v)) + ")")
             lines += ["", f"Over {len(r['seeds']['finetune_seeds'])} training seeds (finetune.seed {seeds}; "
@@ -477,7 +482,7 @@ def std(v: list[float]) -> float:
 def goals(res: dict[str, Any]) -> list[str]:
     out = []
     s = res.get("sst2")
-    if s:
+    if s and "gold" in s:
         a, b, c = (100 * mean(seed_accuracies(s, k)) for k in ("gold", "naive", "crowdforge"))
         over = f" (means over {len(seed_accuracies(s, 'gold'))} training seeds)" if s.get("seeds") else ""
         out.append(f"(c) >= (b) + 2 points on SST-2{over}: {c:.1f} vs {b:.1f} ({c - b:+.1f}) -> "
@@ -667,10 +672,13 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a params.yaml key for (a), (b) and (c) (a YAML value; repeatable), for ablations, "
                          "e.g. --set finetune.elr_weight=8 --set pretrain.max_steps=0")
+    ap.add_argument("--crowdforge-only", action="store_true",
+                    help="SST-2 and weather: run (c) alone, not (a) and (b) (ablations of (c); implies --no-write)")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
     ap.add_argument("--from-json", type=Path, help="only re-render BENCHMARKS.md from a saved learning.json")
     ap.add_argument("--json", type=Path, default=ROOT / ".crowdforge" / "bench" / "learning.json", help="results file")
     args = ap.parse_args()
+    args.no_write = args.no_write or args.crowdforge_only
     if args.from_json:
         res = json.loads(args.from_json.read_text())
         res["goals"] = goals(res)
@@ -715,11 +723,11 @@ def main() -> int:
 
         jobs = {
             "sst2": lambda: compare("sst2", lambda raw: prepare_sst2(raw, work, args.sst2_train, args.seed), work,
-                                    args.threads, args.train_seeds, overrides),
+                                    args.threads, args.train_seeds, overrides, not args.crowdforge_only),
             "throughput": lambda: throughput(args.threads, args.throughput_n),
             "weather": lambda: compare("weather", lambda raw: prepare_weather(raw, args.weather_labels,
                                                                               args.weather_test, args.seed), work,
-                                       args.threads, args.train_seeds, overrides),
+                                       args.threads, args.train_seeds, overrides, not args.crowdforge_only),
             "demo": lambda: demo_pipeline(work),
             "demo_threads1": lambda: demo_pipeline(work, 1),
         }

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, StrictBool, ValidationError, field_validator
+from pydantic import ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass
 
 from crowdforge.modeling.strategies import STRATEGIES
@@ -163,6 +163,19 @@ class FinetuneParams:
     refine_tol: float = _f(1e-3, "refinement has converged when a round moves the soft labels by less than this "
                                  "(mean absolute change)", gt=0)
     refine_max_rounds: PositiveInt = _f(20, "at most this many rounds when refining to convergence")
+    refine_c: Annotated[float, Field(gt=0)] | Literal["auto"] = _f(
+        "auto", "inverse regularisation of the refinement's logistic regression; auto: the value of "
+                "0.01-3 whose out-of-fold predictions give the crowd labels the highest likelihood")
+    refine_per_member: StrictBool = _f(False, "draw the refinement's folds anew for every member (members see "
+                                              "differently refined labels) instead of one refinement for all")
+    sample_selection: Literal["none", "small_loss"] = _f(
+        "none", "small_loss: weight each training item by its probability of being clean, from a two-component "
+                "mixture on its loss under the out-of-fold classifier (DivideMix-style)")
+    consistency_weight: float = _f(0.0, "partial/full members: weight of a FixMatch consistency loss on the "
+                                        "unlabelled corpus (0 = off)", ge=0)
+    consistency_threshold: float = _f(0.95, "FixMatch: only pseudo-labels at least this confident count", gt=0, le=1)
+    consistency_word_dropout: float = _f(0.3, "FixMatch: word dropout of the strong (offline) augmentation",
+                                         ge=0, lt=1)
     elr_weight: float = _f(3.0, "partial/full members: early-learning regularisation (Liu et al. 2020; 0 = off)",
                            ge=0)
     class_weight: Literal["auto", "balanced", "none"] = _f(
@@ -184,6 +197,13 @@ class FinetuneParams:
         if not v or len(set(names)) != len(names):
             raise ValueError(f"expected a non-empty list of members with unique names, got {names}")
         return v
+
+    @model_validator(mode="after")
+    def _selection_needs_refinement(self) -> FinetuneParams:
+        if self.sample_selection != "none" and self.refine_rounds == 0:
+            raise ValueError("sample_selection needs label refinement (refine_rounds != 0): the refinement's "
+                             "out-of-fold classifier scores the items")
+        return self
 
 
 @dataclass(frozen=True, config=_CONFIG)

@@ -208,3 +208,39 @@ def test_partial_member_that_learns_nothing_is_retrained_full(tiny_backbone: Pat
     assert (paths.member("p") / "encoder" / "config.json").exists()
     off = tiny_params(tiny_backbone, members=members, full_if_nothing_learned=False)
     assert finetune.train_member(off, Paths(tmp_path), "p")["strategy"] == "partial"
+
+
+def test_per_member_refinement_selection_and_consistency(tiny_backbone: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The three ablation options of issue 13 wire through: every member its own refinement folds,
+    small-loss weights recorded, and FixMatch drawing corpus texts that are never test, valid or
+    training texts."""
+    paths = Paths(tmp_path)
+    write_toy_blackboard(paths, n_train=60, n_valid=30, n_unlabeled=80)
+    drawn: list[tuple[list[str], list[str]]] = []
+    real_fit = finetune.fit_classifier
+
+    def spy(*args, **kwargs):
+        drawn.append(kwargs["unlabeled"])
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "fit_classifier", spy)
+    members = [{"name": "head-a", "strategy": "head", "seed": 1},
+               {"name": "partial-1", "strategy": "partial", "seed": 3, "unfreeze_layers": 1, "max_epochs": 2}]
+    params = tiny_params(tiny_backbone, members, refine_per_member=True, sample_selection="small_loss",
+                         consistency_weight=1.0, consistency_threshold=0.5)
+    report = finetune.run(params, paths)
+    assert len(list((paths.cache / "refined").glob("*.npz"))) == 2  # one refinement per member
+    for m in report["members"].values():
+        sel = m["label_refinement"]["sample_selection"]
+        assert sel["mode"] == "small_loss" and 0 < sel["mean_clean_probability"] <= 1
+    # only the member that trains the encoder gets unlabelled texts (twice if it fell back to `full`)
+    assert drawn and all(d == drawn[0] for d in drawn)
+    weak, strong = drawn[0]
+    import pandas as pd
+
+    forbidden = set(pd.read_parquet(paths.gold)["text"]) | set(pd.read_parquet(paths.valid)["text"]) | set(
+        pd.read_parquet(paths.train)["text"])
+    assert weak and len(weak) == len(strong) and not forbidden & set(weak)
+    assert set(weak) <= set(pd.read_parquet(paths.unlabeled)["text"])
+    assert sum(a != b for a, b in zip(weak, strong)) > len(weak) // 2  # the strong view is augmented

@@ -164,3 +164,30 @@ def test_cached_and_uncached_partial_training_agree(tiny_backbone: Path) -> None
                                           cache_frozen=cache))
     assert [h["valid_nll"] for h in results[0].history] == pytest.approx(
         [h["valid_nll"] for h in results[1].history], rel=1e-4)
+
+
+def test_consistency_loss_pulls_augmented_copies_toward_the_plain_texts(tiny_backbone: Path) -> None:
+    """FixMatch on: predictions on the augmented copies of the unlabelled texts move closer to the
+    model's own predictions on the plain texts than without it (same seed, same labelled data)."""
+    from crowdforge.agents.augment import augment_text
+    from crowdforge.modeling.toy import toy_texts
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 48)
+    texts = toy_texts([["negative", "neutral", "positive"][i] for i in y], rng)
+    plain = toy_texts([["negative", "neutral", "positive"][i] for i in rng.integers(0, 3, 64)], rng)
+    strong = [augment_text(t, rng, 0.5) for t in plain]
+    q, w = np.eye(3)[y], np.ones(48)
+    gaps = []
+    for weight in (0.0, 5.0):
+        cfg = FitConfig(batch_size=16, max_epochs=3, patience=5, lr_head=0.05, lr_backbone=1e-3, seed=3,
+                        consistency_weight=weight, consistency_threshold=0.0)
+        enc, tok = load_encoder(str(tiny_backbone))
+        model = MeanPoolClassifier(enc, new_head(32, 3, 0))
+        model.set_strategy("partial", unfreeze_layers=1)
+        clf.fit_classifier(model, tok, texts, q, w, texts[:12], y[:12], q[:12], 24, cfg, unlabeled=(plain, strong))
+        with torch.no_grad():
+            p, s = (torch.softmax(model.head(torch.from_numpy(clf.encode_texts(model.encoder, tok, v, 24))), -1)
+                    for v in (plain, strong))
+        gaps.append(float((p - s).abs().sum(-1).mean()))
+    assert gaps[1] < gaps[0]

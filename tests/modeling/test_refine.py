@@ -56,3 +56,42 @@ def test_rounds_run_to_convergence_and_stop_there() -> None:
     assert all(b < a for a, b in itertools.pairwise(trace))  # one fixed map: each round moves the labels less
     two = refine_soft_labels(x, q, np.ones(len(y)), groups, rounds=2, folds=5, seed=0)
     assert (r.argmax(1) == y).mean() >= (two.argmax(1) == y).mean()
+
+
+def test_small_loss_weights_separate_labels_the_text_contradicts() -> None:
+    from crowdforge.modeling.refine import small_loss_weights
+
+    x, q, y = _crowd()
+    groups = [f"i{i}" for i in range(len(y))]
+    oof: list[np.ndarray] = []
+    r = refine_soft_labels(x, q, np.ones(len(y)), groups, rounds=2, folds=5, seed=0, oof=oof)
+    assert len(oof) == 1 and oof[0].shape == q.shape
+    clean = small_loss_weights(oof[0], r)
+    right = r.argmax(1) == y
+    assert clean.shape == (len(y),) and ((clean >= 0) & (clean <= 1)).all()
+    assert clean[right].mean() > clean[~right].mean() + 0.3  # wrong labels are weighted down
+
+
+def test_small_loss_weights_leave_tiny_or_uniform_data_alone() -> None:
+    from crowdforge.modeling.refine import small_loss_weights
+
+    p = np.full((50, 2), 0.5)
+    np.testing.assert_array_equal(small_loss_weights(p, np.eye(2)[np.arange(50) % 2]), np.ones(50))
+    np.testing.assert_array_equal(small_loss_weights(p[:5], np.eye(2)[np.arange(5) % 2]), np.ones(5))
+
+
+def test_regularisation_is_chosen_by_the_crowds_held_out_likelihood() -> None:
+    from crowdforge.modeling.refine import C_GRID, choose_regularisation, crowd_log_likelihood
+
+    x, q, _ = _crowd()
+    groups = [f"i{i}" for i in range(len(q))]
+    c, scores = choose_regularisation(x, q, np.ones(len(q)), groups, folds=5, seed=0)
+    assert set(scores) == set(C_GRID) and scores[c] == max(scores.values())
+    assert c > min(C_GRID)  # the text carries the class: a weakly regularised model explains the labels better
+    # 300 features that say nothing about the class: the less regularised, the more it overfits
+    noise = np.random.default_rng(1).normal(0, 1, (len(q), 300))
+    c_noise, noise_scores = choose_regularisation(noise, q, np.ones(len(q)), groups, folds=5, seed=0)
+    assert c_noise == min(C_GRID) and max(noise_scores.values()) < scores[c]
+    # a classifier that knows nothing (the prior) scores 0; one that agrees with the labels scores above
+    assert crowd_log_likelihood(np.tile(q.mean(0), (len(q), 1)), q) == pytest.approx(0.0, abs=1e-9)
+    assert crowd_log_likelihood(q, q) > 0

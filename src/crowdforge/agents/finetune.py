@@ -26,7 +26,16 @@ Amazon-Google 94.2 -> 95.2 %) and a pair member trained on them much better (val
 83.3 %): its members learnt the sharper labels' mistakes too (BENCHMARKS.md, label refinement). The
 refined labels are computed once and cached for every member. Valid labels are
 never refined: they are the gold check items' expert labels, or (with too few of those) crowd
-labels that the ensemble fits through a noise channel.
+labels that the ensemble fits through a noise channel. The logistic regression's strength
+(``refine_c``) is a number or ``auto``: the value whose out-of-fold predictions give the crowd's
+own labels the highest likelihood, so each data set picks its own from evidence it holds.
+
+Tried against label noise and kept as options, off by default, because they did not pay on SST-2
+(BENCHMARKS.md, learning ablations): ``refine_per_member`` (each member its own refinement folds),
+``sample_selection: small_loss`` (DivideMix-style clean-probability weights from the refinement's
+out-of-fold losses: it also weighs down many right labels, most of all the rare class's) and
+``consistency_weight`` > 0 (FixMatch on the unlabelled corpus with the augment agent's offline
+augmentation, ``crowdforge.modeling.classifier.fit_classifier``; 2.3x the training time).
 
 Early-learning regularisation (``elr_weight``, Liu et al. 2020, "Early-Learning Regularization
 Prevents Memorization of Noisy Labels", NeurIPS): the refined labels are still wrong on some
@@ -65,7 +74,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -96,7 +105,7 @@ from crowdforge.modeling.members import (
 )
 from crowdforge.modeling.pair_features import MODEL_FILE as PAIR_MODEL_FILE
 from crowdforge.modeling.pair_features import PairFeaturizer, PairSimilarityModel, is_pair_task
-from crowdforge.modeling.refine import refine_soft_labels
+from crowdforge.modeling.refine import choose_regularisation, refine_soft_labels, small_loss_weights
 from crowdforge.modeling.strategies import strategy
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report as _write_report
@@ -155,6 +164,8 @@ def member_fingerprint(params: Params, paths: Paths, m: MemberParams, backbone: 
                                   sort_keys=True, default=str).encode())
     inputs = [paths.train, paths.valid] + ([paths.accepted] if m.bootstrap and m.bootstrap_unit == "contributor"
                                            else [])
+    if params.finetune.consistency_weight > 0:
+        inputs += [paths.unlabeled, paths.gold]
     for f in inputs:
         h.update(_file_digest(f).encode() if f.exists() else b"-")
     h.update(backbone_fingerprint(backbone).encode())
@@ -195,6 +206,8 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     cfg = FitConfig(batch_size=ft.batch_size, max_epochs=m.max_epochs or ft.max_epochs,
                     patience=ft.patience, lr_head=ft.lr_head, lr_backbone=ft.lr_backbone, seed=seed,
                     elr_weight=ft.elr_weight if strategy(m.strategy).trains_encoder else 0.0,
+                    consistency_weight=ft.consistency_weight if strategy(m.strategy).trains_encoder else 0.0,
+                    consistency_threshold=ft.consistency_threshold,
                     select_metric=headline_metric(v_y, len(classes)), name=f"member {m.name}")
     backbone, source = encoder_source(paths, params)
     fingerprint = member_fingerprint(params, paths, m, backbone)
@@ -204,11 +217,19 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         return not_applicable(paths, m, fingerprint, classes,
                               "the training texts are not pairs (`<record> [SEP] <record>`): a pair member has "
                               "nothing to compare")
-    if ft.refine_rounds != 0:  # the same refinement for every member (deterministic, cached features)
-        r, trace = refine(params, paths, backbone, texts, q, w)
-        refined.update(rounds=len(trace), round_changes=trace, changed=float((r.argmax(1) != q.argmax(1)).mean()))
+    if ft.refine_rounds != 0:  # deterministic, cached features; shared by all members unless refine_per_member
+        ref = refine(params, paths, backbone, texts, q, w, seed if ft.refine_per_member else ft.seed)
+        r, p_oof = ref.r, ref.p_oof
+        refined.update(rounds=len(ref.trace), round_changes=ref.trace, c_reg=ref.c_reg,
+                       c_log_likelihood={str(c): v for c, v in ref.c_scores.items()},
+                       changed=float((r.argmax(1) != q.argmax(1)).mean()))
         w = w / np.clip(q.max(1), 1e-12, None) * r.max(1)  # weight follows the refined confidence
         q = r
+        if ft.sample_selection == "small_loss" and ref.trace:
+            clean = small_loss_weights(p_oof, r, seed)
+            w = w * clean
+            refined["sample_selection"] = {"mode": ft.sample_selection, "mean_clean_probability": float(clean.mean()),
+                                           "items_below_half": int((clean < 0.5).sum())}
     # bagging (after caching, so bootstrapped heads reuse the cache)
     rows = np.arange(len(texts))
     if m.bootstrap and m.bootstrap_unit == "row":
@@ -242,6 +263,7 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     else:
         texts, q, w = [texts[i] for i in rows], q[rows], w[rows]
         ckpt = paths.cache / "checkpoints" / "finetune" / f"{m.name}.pt" if ft.checkpoint else None
+        unlabeled = consistency_views(params, paths, texts, v_texts, seed) if cfg.consistency_weight > 0 else None
 
         def fit_encoder_member(member: MemberParams, key: str) -> tuple[Any, Any, Any, int, Any]:
             encoder, tokenizer = load_encoder(backbone)
@@ -250,7 +272,7 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
             n_trainable = model.set_strategy(member.strategy, member.unfreeze_layers)
             result = fit_classifier(model, tokenizer, texts, q, w, v_texts, v_y, v_q, ft.max_length, cfg,
                                     cache_frozen=ft.cache_frozen, checkpoint_path=ckpt, checkpoint_key=key,
-                                    on_epoch=on_epoch)
+                                    on_epoch=on_epoch, unlabeled=unlabeled)
             return model, tokenizer, head, n_trainable, result
 
         model, tokenizer, head, n_trainable, result = fit_encoder_member(m, fingerprint)
@@ -316,22 +338,35 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
     return info
 
 
+class Refinement(NamedTuple):
+    """What ``refine`` gives a member: the refined labels and how they came about."""
+
+    r: np.ndarray  # refined soft labels of the train rows
+    trace: list[float]  # each round's mean absolute change
+    p_oof: np.ndarray  # the last round's out-of-fold probabilities
+    c_reg: float  # the logistic regression's inverse regularisation
+    c_scores: dict[float, float]  # held-out crowd log-likelihood per C tried (empty when C was given)
+
+
 def refine(params: Params, paths: Paths, backbone: str, texts: Sequence[str], q: np.ndarray,
-           w: np.ndarray) -> tuple[np.ndarray, list[float]]:
+           w: np.ndarray, seed: int) -> Refinement:
     """The refined soft labels of the train split (``crowdforge.modeling.refine``): the out-of-fold
     classifier sees the frozen encoder's cached embeddings and, on a pair task, the pair's
     standardised similarity features too (the embedding of a joined pair says little about whether
-    its two records match). Also returns each round's mean absolute change of the labels."""
+    its two records match); its regularisation is ``refine_c`` or, with ``auto``, the one whose
+    out-of-fold predictions explain the crowd labels best. ``seed`` draws the folds."""
     ft = params.finetune
     train_df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id"])
     groups = train_df["source_item_id"].fillna(train_df["item_id"]).astype(str).tolist()
     key = hashlib.sha256(json.dumps([backbone_fingerprint(backbone), ft.max_length, ft.refine_rounds, ft.refine_folds,
-                                     ft.refine_tol, ft.refine_max_rounds, ft.seed, list(texts), groups]).encode())
+                                     ft.refine_tol, ft.refine_max_rounds, ft.refine_c, seed, list(texts),
+                                     groups]).encode())
     key.update(np.ascontiguousarray(q).tobytes() + np.ascontiguousarray(w).tobytes())
     cached = paths.cache / "refined" / f"{key.hexdigest()[:32]}.npz"
-    if cached.exists():  # every member refines the same labels: the first one computes them
+    if cached.exists():  # members that share the folds refine the same labels: the first one computes them
         with np.load(cached) as f:
-            return f["r"], [float(c) for c in f["trace"]]
+            return Refinement(f["r"], [float(c) for c in f["trace"]], f["p_oof"], float(f["c_reg"]),
+                              dict(zip(map(float, f["c_grid"]), map(float, f["c_scores"]))))
     x = cached_embeddings(backbone, texts, ft.max_length, paths.cache / "embeddings")
     if is_pair_task(texts):
         f = PairFeaturizer().fit(texts).transform(texts)
@@ -339,12 +374,37 @@ def refine(params: Params, paths: Paths, backbone: str, texts: Sequence[str], q:
     trace: list[float] = []
     converge = ft.refine_rounds == "converge" or (ft.refine_rounds == "auto" and is_pair_task(texts))
     rounds = ft.refine_max_rounds if converge else 2 if ft.refine_rounds == "auto" else int(ft.refine_rounds)
-    r = refine_soft_labels(x, q, w, groups, rounds, ft.refine_folds, ft.seed, ft.refine_tol if converge else None,
-                           trace)
+    c_reg, c_scores = ((float(ft.refine_c), {}) if ft.refine_c != "auto" else
+                       choose_regularisation(x, q, w, groups, ft.refine_folds, seed))
+    oof: list[np.ndarray] = [np.full(q.shape, 1.0 / q.shape[1])]
+    r = refine_soft_labels(x, q, w, groups, rounds, ft.refine_folds, seed, ft.refine_tol if converge else None,
+                           trace, oof, c_reg)
     cached.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(cached) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, r=r, trace=np.asarray(trace))
-    return r, trace
+        np.savez(fh, r=r, trace=np.asarray(trace), p_oof=oof[0], c_reg=c_reg,
+                 c_grid=np.asarray(list(c_scores), dtype=float), c_scores=np.asarray(list(c_scores.values())))
+    return Refinement(r, trace, oof[0], c_reg, c_scores)
+
+
+def consistency_views(params: Params, paths: Paths, texts: Sequence[str], v_texts: Sequence[str],
+                      seed: int) -> tuple[list[str], list[str]]:
+    """The unlabelled texts for FixMatch and their strongly augmented copies: corpus lines that are
+    not training, valid or gold texts (the frozen test split stays unseen), at most as many as there
+    are training texts, drawn by ``seed``; the augmentation is the augment agent's, with
+    ``consistency_word_dropout``."""
+    from crowdforge.agents.augment import augment_text
+
+    if not paths.unlabeled.exists():
+        return [], []
+    seen = set(texts) | set(v_texts)
+    if paths.gold.exists():
+        seen |= set(pd.read_parquet(paths.gold, columns=["text"])["text"].astype(str))
+    corpus = [t for t in dict.fromkeys(pd.read_parquet(paths.unlabeled, columns=["text"])["text"].astype(str))
+              if t not in seen]
+    rng = np.random.default_rng([seed, 15])
+    pick = sorted(rng.permutation(len(corpus))[: len(set(texts))])
+    weak = [corpus[i] for i in pick]
+    return weak, [augment_text(t, rng, params.finetune.consistency_word_dropout) for t in weak]
 
 
 def fit_pair_member(texts: Sequence[str], q: np.ndarray, w: np.ndarray, v_texts: Sequence[str], v_y: np.ndarray,
@@ -387,7 +447,7 @@ def write_report(params: Params, paths: Paths, results: Sequence[dict[str, Any]]
         members[m.name] = {k: info.get(k) for k in (
             "strategy", "seed", "valid_accuracy", "valid_nll", "best_epoch", "epochs_run", "n_train",
             "trainable_params", "seconds", "train_seconds", "examples_per_s", "train_examples_per_s",
-            "seconds_per_epoch", "resumed_from_epoch")}
+            "seconds_per_epoch", "resumed_from_epoch", "label_refinement")}
         members[m.name]["bootstrap"] = m.bootstrap and m.bootstrap_unit
         members[m.name]["skipped"] = bool(info.get("skipped", False))
     if not members:

@@ -243,6 +243,8 @@ class FitConfig:
     elr_weight: float = 0.0  # early-learning regularisation (Liu et al. 2020); 0 = off
     elr_beta: float = 0.7  # EMA factor of each example's target in ELR
     select_metric: str = "accuracy"  # early stopping keeps the epoch best on this valid metric (or macro_f1)
+    consistency_weight: float = 0.0  # FixMatch loss on unlabelled texts (Sohn et al. 2020); 0 = off
+    consistency_threshold: float = 0.95  # FixMatch: pseudo-labels below this confidence are masked out
     name: str = "model"  # what the progress bar calls it
 
 
@@ -451,6 +453,7 @@ def fit_classifier(
     checkpoint_path: str | Path | None = None,
     checkpoint_key: str = "",
     on_epoch: Callable[[int], None] | None = None,
+    unlabeled: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> FitResult:
     """Train the trainable part of ``model`` (set by ``set_strategy``) end to end on texts.
 
@@ -458,6 +461,14 @@ def fit_classifier(
     the frozen lower blocks run once per text (:class:`FrozenLowerCache`), for train and valid.
     With ``checkpoint_path`` the trainable weights, the optimiser and the loop state are saved
     after every epoch and a matching file (same ``checkpoint_key``) is resumed from.
+
+    ``unlabeled`` = (texts, their strongly augmented copies) with ``cfg.consistency_weight`` > 0 adds
+    FixMatch's consistency loss (Sohn et al. 2020, "FixMatch: Simplifying Semi-Supervised Learning
+    with Consistency and Confidence"): each step also draws as many unlabelled texts as it has
+    labelled ones, takes the model's arg-max on the plain text (no gradient) as a pseudo-label where
+    its probability reaches ``cfg.consistency_threshold``, and trains the augmented copy towards it.
+    The augmentation is offline (the augment agent's word dropout, swaps and synonyms), so the
+    frozen-layer cache covers both views.
     """
     texts = list(texts)
     Q, W = (torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (q_train, w_train))
@@ -474,10 +485,14 @@ def fit_classifier(
     use_cache = cache_frozen and 0 < k < len(layers)
     top = layers[len(layers) - k :]
 
+    consistency = unlabeled is not None and cfg.consistency_weight > 0 and len(unlabeled[0]) > 0
     if use_cache:
         train_cache = FrozenLowerCache(model.encoder, tokenizer, texts, max_length, len(layers) - k)
         valid_cache = FrozenLowerCache(model.encoder, tokenizer, list(valid_texts), max_length, len(layers) - k)
         lengths = train_cache.lengths
+        if consistency:
+            views = [FrozenLowerCache(model.encoder, tokenizer, list(v), max_length, len(layers) - k)
+                     for v in unlabeled]  # type: ignore[union-attr]
 
         def forward(idx: Sequence[int], cache: FrozenLowerCache) -> torch.Tensor:
             h, mask = cache.batch(idx)
@@ -486,6 +501,25 @@ def fit_classifier(
         ids = token_ids(tokenizer, texts, max_length)
         lengths = np.array([len(x) for x in ids])
         pad = tokenizer.pad_token_id or 0
+        if consistency:
+            view_ids = [token_ids(tokenizer, list(v), max_length) for v in unlabeled]  # type: ignore[union-attr]
+
+    def view_logits(view: int, idx: Sequence[int]) -> torch.Tensor:
+        if use_cache:
+            return forward(idx, views[view])
+        return model(*pad_ids([view_ids[view][i] for i in idx], pad))
+
+    def consistency_loss(idx: np.ndarray) -> torch.Tensor:
+        n_u = len(unlabeled[0])  # type: ignore[index]
+        # drawn from the labelled batch itself, so a resumed epoch draws the same unlabelled texts
+        u = np.random.default_rng([cfg.seed, 104729, *idx[:2].tolist()]).choice(n_u, min(len(idx), n_u), replace=False)
+        model.eval()
+        with torch.no_grad():
+            p = torch.softmax(view_logits(0, u), dim=-1)
+        model.train()
+        confidence, pseudo = p.max(-1)
+        per_item = nn.functional.cross_entropy(view_logits(1, u), pseudo, reduction="none")
+        return (per_item * (confidence >= cfg.consistency_threshold).float()).mean()
 
     def step(idx: np.ndarray) -> None:
         model.train()
@@ -498,6 +532,8 @@ def fit_classifier(
         loss = soft_cross_entropy(logits / cfg.temperature, Q[t], W[t])
         if cfg.elr_weight > 0:
             loss = loss + cfg.elr_weight * elr_penalty(logits, ema, t, cfg.elr_beta, W[t])
+        if consistency:
+            loss = loss + cfg.consistency_weight * consistency_loss(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -50,15 +50,43 @@ def out_of_fold_probs(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Seque
     return p
 
 
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # inverse regularisation strengths tried by ``choose_regularisation``
+
+
+def crowd_log_likelihood(p: np.ndarray, q: np.ndarray) -> float:
+    """Mean ``log sum_c p(c | x_i) q_i(c) / pi(c)``: the log-likelihood of each item's crowd labels
+    under the classifier ``p`` as the prior on its truth, up to a constant per item that does not
+    depend on ``p`` (``L_i(c) ∝ q_i(c) / pi(c)``, module docstring). It is the objective the EM of
+    Raykar et al. maximises; with out-of-fold ``p`` it is a held-out likelihood."""
+    prior = np.clip(q.mean(0), 1e-6, None)
+    return float(np.log(np.clip((p * q / prior).sum(1), 1e-300, None)).mean())
+
+
+def choose_regularisation(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], folds: int,
+                          seed: int, grid: Sequence[float] = C_GRID) -> tuple[float, dict[float, float]]:
+    """The logistic regression's ``C`` (from ``grid``) whose out-of-fold probabilities give the crowd's
+    labels the highest likelihood (:func:`crowd_log_likelihood`), and that likelihood for every ``C``.
+
+    How much the text can say depends on the task and the features (a pair's similarities support a
+    weakly regularised model, a sentence embedding of a few thousand items a strong one), so the
+    strength is chosen per data set by held-out evidence rather than fixed."""
+    scores = {float(c): crowd_log_likelihood(out_of_fold_probs(x, q, w, groups, folds, seed, c_reg=c), q)
+              for c in grid}
+    return max(scores, key=lambda c: scores[c]), scores
+
+
 def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], rounds: int = 2,
                        folds: int = 5, seed: int = 0, tol: float | None = None,
-                       trace: list[float] | None = None) -> np.ndarray:
+                       trace: list[float] | None = None, oof: list[np.ndarray] | None = None,
+                       c_reg: float = 0.1) -> np.ndarray:
     """EM rounds of ``r_i ∝ p_oof(c | x_i) q_i(c) / pi(c)`` (``pi`` = mean of ``q``).
 
     ``tol`` None: exactly ``rounds`` rounds, the folds drawn anew each round. ``tol`` given: the folds
     stay the same in every round, so the rounds iterate one map to its fixed point, and they stop
     once a round moves the labels by less than ``tol`` (mean absolute change), ``rounds`` at most.
-    ``trace`` (if given) receives each round's mean absolute change.
+    ``trace`` (if given) receives each round's mean absolute change, ``oof`` (if given) the last
+    round's out-of-fold probabilities (for :func:`small_loss_weights`). ``c_reg``: the logistic
+    regression's inverse regularisation strength (:func:`choose_regularisation` picks one).
 
     Returns ``q`` unchanged when ``rounds`` is 0 or there are fewer than two groups.
     """
@@ -71,7 +99,7 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
     with track(rounds, f"label refinement ({folds} folds per round, at most {rounds} rounds)") as advance:
         for step in range(rounds):
             p = out_of_fold_probs(np.asarray(x, dtype=np.float64), r, np.asarray(w, dtype=np.float64), groups,
-                                  folds, seed if tol is not None else seed + step)
+                                  folds, seed if tol is not None else seed + step, c_reg)
             new = p * likelihood
             new = new / np.clip(new.sum(1, keepdims=True), 1e-12, None)
             change = float(np.abs(new - r).mean())
@@ -79,6 +107,30 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
             advance()
             if trace is not None:
                 trace.append(change)
+            if oof is not None:
+                oof[:] = [p]
             if tol is not None and change < tol:
                 break
     return r
+
+
+def small_loss_weights(p_oof: np.ndarray, r: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Probability that each item's label ``argmax r`` is clean, from its loss under a classifier
+    that never saw it: ``l_i = -log p_oof(argmax r_i | x_i)``.
+
+    DivideMix (Li, Socher & Hoi 2020, ICLR) observes that clean items have small losses and noisy
+    ones large, and fits a two-component Gaussian mixture to the per-item losses; the posterior of
+    the small-mean component is the clean probability. DivideMix takes the loss of the network being
+    trained after a warm-up; here the out-of-fold classifier of the label refinement plays that part
+    (a peer that never saw the item, as in co-teaching), so no extra training pass is needed.
+    Returns ones when the mixture does not separate (fewer than 10 items, or one component).
+    """
+    from sklearn.mixture import GaussianMixture
+
+    y = np.asarray(r).argmax(1)
+    loss = -np.log(np.clip(np.asarray(p_oof)[np.arange(len(y)), y], 1e-12, None))
+    if len(loss) < 10 or np.ptp(loss) < 1e-9:
+        return np.ones(len(loss))
+    gm = GaussianMixture(2, reg_covar=5e-4, max_iter=100, random_state=seed).fit(loss[:, None])
+    clean = int(np.argmin(gm.means_.ravel()))
+    return gm.predict_proba(loss[:, None])[:, clean]
