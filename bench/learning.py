@@ -633,6 +633,21 @@ def build_notes(args: dict[str, Any], res: dict[str, Any] | None = None) -> list
             "were dropped with it."
         ),
         (
+            "Issue 13 ablations against label noise (2026-12-02 13:15-14:25, `python bench/learning.py --parts sst2 "
+            "--train-seeds 3 --crowdforge-only --set ...`: (c) alone at finetune seeds 17 / 18 / 19, two or three "
+            "runs side by side on the 2 cores, refine_c 0.1; against the default's 82.9 / 83.8 / 83.3 %, mean 83.3, "
+            "of the 10:21 run): refinement folds drawn per member (`finetune.refine_per_member=true`) 82.7 / 83.7 / "
+            "83.3 % (mean 83.3, -0.1); small-loss sample selection (`finetune.sample_selection=small_loss`: weights "
+            "times the clean probability from a two-component mixture on the refinement's out-of-fold losses) 81.6 / "
+            "81.6 / 82.5 % (81.9, -1.4; it weighs down a fifth of the right labels to catch half of the wrong ones, "
+            "label refinement section); FixMatch consistency on as many unlabelled corpus sentences as training "
+            "texts (`finetune.consistency_weight=1`, threshold 0.95, the strong view the augment agent's word "
+            "dropout at 0.3 plus a swap and a synonym) 83.1 / 83.2 % at seeds 17 / 18 (the seed-19 run was stopped "
+            "to free the cores; -0.2 against the default's 82.9 / 83.8) for 2.3x the finetune time of the small-loss "
+            "run beside it (1,594 vs 682 s). None pays: all three stay options, off by default. A stronger "
+            "CPU-friendly member was not tried."
+        ),
+        (
             "ECE on a finite test split is biased upward: the report now gives the ECE a perfectly calibrated model "
             "with the same confidences would measure on the same items (consistency resampling, Bröcker & Smith 2007). "
             "On the 316 weather test tweets that floor is about 0.045 (its 10-90 % range 0.028-0.063), so a goal of "

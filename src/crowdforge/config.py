@@ -164,8 +164,8 @@ class FinetuneParams:
                                  "(mean absolute change)", gt=0)
     refine_max_rounds: PositiveInt = _f(20, "at most this many rounds when refining to convergence")
     refine_c: Annotated[float, Field(gt=0)] | Literal["auto"] = _f(
-        "auto", "inverse regularisation of the refinement's logistic regression; auto: the value of "
-                "0.01-3 whose out-of-fold predictions give the crowd labels the highest likelihood")
+        0.1, "inverse regularisation of the refinement's logistic regression; auto: the value of 0.01-3 whose "
+             "out-of-fold predictions give the crowd labels the highest likelihood")
     refine_per_member: StrictBool = _f(False, "draw the refinement's folds anew for every member (members see "
                                               "differently refined labels) instead of one refinement for all")
     sample_selection: Literal["none", "small_loss"] = _f(
