@@ -662,11 +662,11 @@ def build_notes(args: dict[str, Any], res: dict[str, Any] | None = None) -> list
             "dropout at 0.3 plus a swap and a synonym) 83.1 / 83.2 % at seeds 17 / 18 (the seed-19 run was stopped "
             "to free the cores; -0.2 against the default's 82.9 / 83.8) for 2.3x the finetune time of the small-loss "
             "run beside it (1,594 vs 682 s). None pays: all three stay options, off by default. `finetune.refine_c: "
-            "auto` (the refinement's C chosen by the crowd labels' held-out likelihood: 0.3 here) 82.6 / 82.3 % at "
-            "seeds 17 / 18 (14:16, seed 19 stopped; -0.9 against 82.9 / 83.8), and on Amazon-Google the whole (c) "
-            "pipeline with it (C = 3) scored 43.5 % match F1 against 51.8 % (one run each, `python "
-            "bench/entity_matching.py --crowdforge-only ...`): C stays 0.1. A stronger CPU-friendly member was not "
-            "tried."
+            "auto` (the refinement's C chosen by the crowd labels' held-out likelihood: 0.3 here) 82.6 / 82.3 / 82.9 "
+            "% (14:16; seed 19 on its own at 14:46 with `--set finetune.seed=19 --train-seeds 1`; mean 82.6, -0.7), "
+            "and on Amazon-Google the whole (c) pipeline with it (C = 3) scored 43.5 % match F1 against 51.8 % (one "
+            "run each, `python bench/entity_matching.py --crowdforge-only ...`): C stays 0.1. A stronger "
+            "CPU-friendly member was not tried."
         ),
         (
             "ECE on a finite test split is biased upward: the report now gives the ECE a perfectly calibrated model "

@@ -29,7 +29,7 @@ never refined: they are the gold check items' expert labels, or (with too few of
 labels that the ensemble fits through a noise channel. The logistic regression's strength
 (``refine_c``, 0.1) is a number or ``auto``: the value whose out-of-fold predictions give the crowd's
 own labels the highest likelihood. ``auto`` moved the training labels' accuracy by -0.4 to +0.2
-points on the three benchmark crowds and the SST-2 ensemble by -0.9 (BENCHMARKS.md), so it is an
+points on the three benchmark crowds and the SST-2 ensemble by -0.7 (BENCHMARKS.md), so it is an
 option.
 
 Tried against label noise and kept as options, off by default, because they did not pay on SST-2
