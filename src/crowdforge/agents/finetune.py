@@ -32,12 +32,13 @@ own labels the highest likelihood. ``auto`` moved the training labels' accuracy 
 points on the three benchmark crowds and the SST-2 ensemble by -0.7 (BENCHMARKS.md), so it is an
 option.
 
-Tried against label noise and kept as options, off by default, because they did not pay on SST-2
+Tried against label noise and kept as options, off by default, because they did not pay for their cost on SST-2
 (BENCHMARKS.md, learning ablations): ``refine_per_member`` (each member its own refinement folds),
 ``sample_selection: small_loss`` (DivideMix-style clean-probability weights from the refinement's
 out-of-fold losses: it also weighs down many right labels, most of all the rare class's) and
 ``consistency_weight`` > 0 (FixMatch on the unlabelled corpus with the augment agent's offline
-augmentation, ``crowdforge.modeling.classifier.fit_classifier``; 2.3x the training time).
+augmentation, ``crowdforge.modeling.classifier.fit_classifier``: +0.2 points over three seeds,
+inside their spread, for 2.3-2.5x the training time).
 
 Early-learning regularisation (``elr_weight``, Liu et al. 2020, "Early-Learning Regularization
 Prevents Memorization of Noisy Labels", NeurIPS): the refined labels are still wrong on some
