@@ -392,18 +392,17 @@ def refine(params: Params, paths: Paths, backbone: str, texts: Sequence[str], q:
 def consistency_views(params: Params, paths: Paths, texts: Sequence[str], v_texts: Sequence[str],
                       seed: int) -> tuple[list[str], list[str]]:
     """The unlabelled texts for FixMatch and their strongly augmented copies: corpus lines that are
-    not training, valid or gold texts (the frozen test split stays unseen), at most as many as there
-    are training texts, drawn by ``seed``; the augmentation is the augment agent's, with
-    ``consistency_word_dropout``."""
+    not training, valid or gold texts (the frozen test split stays unseen; matched as the distilled
+    student's corpus is, ``ensemble.student_corpus``), at most as many as there are training texts,
+    drawn by ``seed``; the augmentation is the augment agent's, with ``consistency_word_dropout``."""
     from crowdforge.agents.augment import augment_text
+    from crowdforge.agents.ensemble import student_corpus
 
     if not paths.unlabeled.exists():
         return [], []
-    seen = set(texts) | set(v_texts)
-    if paths.gold.exists():
-        seen |= set(pd.read_parquet(paths.gold, columns=["text"])["text"].astype(str))
-    corpus = [t for t in dict.fromkeys(pd.read_parquet(paths.unlabeled, columns=["text"])["text"].astype(str))
-              if t not in seen]
+    gold = pd.read_parquet(paths.gold, columns=["text"])["text"].astype(str).tolist() if paths.gold.exists() else []
+    corpus = student_corpus([], pd.read_parquet(paths.unlabeled, columns=["text"])["text"].astype(str).tolist(),
+                            [*texts, *v_texts, *gold])
     rng = np.random.default_rng([seed, 15])
     pick = sorted(rng.permutation(len(corpus))[: len(set(texts))])
     weak = [corpus[i] for i in pick]
