@@ -215,7 +215,8 @@ def _fresh(fn: Task, stage: Stage, root: Path, force: bool) -> Task:
 @flow(name="collaborative_training", log_prints=True)
 def collaborative_training(params_file: str = "params.yaml", root: str = ".",
                            overrides: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
-    """ingest → validate → reputation → augment → pretrain → finetune (members) → ensemble → register → promote.
+    """ingest → validate → reputation → augment → pretrain → finetune (members) → federated → ensemble → register
+    → promote.
 
     Holds the project's run lock (:mod:`crowdforge.run_lock`): a second run on the same project,
     scheduled or manual, refuses instead of writing the same blackboard.
@@ -265,6 +266,8 @@ def _pipeline(params_file: str, root: str, overrides: dict[str, Any] | None, for
         prev = reused(name) or call(name, _fresh(run_stage, STAGES[name], root_path, force), name=name, upstream=prev)
 
     prev = reused("finetune") or _finetune(params, common, root_path, force, prev, record, timeline)
+    prev = reused("federated") or call("federated", _fresh(run_stage, STAGES["federated"], root_path, force),
+                                       name="federated", upstream=prev)
     prev = reused("ensemble") or call("ensemble", _fresh(run_stage, STAGES["ensemble"], root_path, force),
                                       name="ensemble", upstream=prev)
     prev = call("register", register, upstream=prev, flow_run_id=str(flow_run.id))

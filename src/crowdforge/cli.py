@@ -195,9 +195,20 @@ def demo_data(
     root: RootOpt = Path("."),
     set_: SetOpt = None,
     force: Annotated[bool, typer.Option(help="Overwrite data/raw if it already holds data.")] = False,
+    sites: Annotated[int, typer.Option(help="Also write this many demo partner sites to sites/ (federated stage).",
+                                       min=0)] = 0,
+    site_rows: Annotated[int, typer.Option(help="Labelled rows per demo site.", min=1)] = 300,
 ) -> None:
-    """Generate the seeded simulated crowd under data/raw/ (skipped when data/raw holds data)."""
+    """Generate the seeded simulated crowd under data/raw/ (skipped when data/raw holds data), and with
+    ``--sites N`` N partner sites under sites/ (each folder is one SuperNode's data; skipped when present)."""
     p, paths = _load(params, root, set_)
+    if sites:
+        from crowdforge.simulate.sites import write_demo_sites
+
+        if paths.sites.exists() and any(paths.sites.iterdir()) and not force:
+            typer.echo(f"{paths.sites} already holds sites; left as is (use --force to regenerate).")
+        else:
+            typer.echo(json.dumps(write_demo_sites(paths.sites, p, sites, site_rows), indent=2))
     if paths.raw.exists() and any(paths.raw.iterdir()) and not force:
         typer.echo(f"{paths.raw} already holds data; left as is (use --force to regenerate).")
         return

@@ -219,6 +219,56 @@ class EnsembleParams:
 
 
 @dataclass(frozen=True, config=_CONFIG)
+class DPParams:
+    enabled: StrictBool = _f(True, "sample-level DP-SGD at every site (Opacus), accounted over all rounds")
+    epsilon: float = _f(8.0, "the epsilon each site calibrates its noise to, over all rounds", gt=0)
+    delta: float = _f(1e-5, "the delta of (epsilon, delta)", gt=0, lt=1)
+    max_grad_norm: float = _f(1.0, "per-example gradient clipping bound", gt=0)
+    max_epsilon: float = _f(10.0, "a member whose accounted epsilon exceeds this is refused", gt=0)
+
+    @model_validator(mode="after")
+    def _target_within_limit(self) -> DPParams:
+        if self.enabled and self.epsilon > self.max_epsilon:
+            raise ValueError(f"dp.epsilon {self.epsilon} is above dp.max_epsilon {self.max_epsilon}: "
+                             "the member would be refused after training")
+        return self
+
+
+@dataclass(frozen=True, config=_CONFIG)
+class FederatedParams:
+    enabled: StrictBool = _f(False, "train the federated member at the sites (off: the stage costs nothing)")
+    sites: tuple[str, ...] = _f((), "site folders, one SuperNode each (relative paths: the project root)")
+    superlink: str = _f("local", "local: start a SuperLink and the sites' SuperNodes on loopback | "
+                        "host:port of a running SuperLink's control API (partners run their own SuperNodes)")
+    root_certificates: str = _f("", "a remote superlink's CA certificate (PEM path); empty: insecure (loopback only)")
+    rounds: PositiveInt = _f(5, "federated rounds")
+    local_epochs: PositiveInt = _f(1, "epochs each site trains per round")
+    strategy: Literal["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"] = _f(
+        "fedavg", "aggregation; the robust ones (fedmedian, fedtrimmedavg, krum) need secagg: false")
+    proximal_mu: float = _f(0.01, "fedprox: strength of the proximal term", ge=0)
+    adapter: Literal["partial", "lora"] = _f("partial", "what trains: the top layers + head, or LoRA adapters + head")
+    unfreeze_layers: PositiveInt = _f(1, "encoder blocks (from the top) that train or carry LoRA adapters")
+    lora_rank: PositiveInt = _f(8, "lora: the adapters' rank")
+    batch_size: PositiveInt = _f(32, "local batch size (the expected Poisson batch under DP)")
+    lr_head: float = _f(3e-3, "the head's learning rate at the sites", gt=0)
+    lr_backbone: float = _f(5e-4, "the encoder's (or adapters') learning rate at the sites", gt=0)
+    seed: int = _f(23, "the member's initialisation and the sites' shuffles")
+    secagg: StrictBool = _f(True, "SecAgg+: the coordinator sees only the sum of the sites' updates")
+    gold_gate: StrictBool = _f(True, "a round that lowers the score on the coordinator's gold checks is not applied")
+    dp: DPParams = field(default_factory=DPParams)
+    timeout_seconds: PositiveInt = _f(3600, "the federated run is stopped (and the stage fails) after this")
+
+    @model_validator(mode="after")
+    def _robust_needs_plain_updates(self) -> FederatedParams:
+        if self.secagg and self.strategy in ("fedmedian", "fedtrimmedavg", "krum"):
+            raise ValueError(f"strategy {self.strategy} needs each site's update, which secure aggregation hides: "
+                             "set secagg: false (README: federated sites, the trade-off)")
+        if self.enabled and not self.sites:
+            raise ValueError("federated.enabled needs at least one site folder in federated.sites")
+        return self
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class RegisterParams:
     tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking/registry URI (relative sqlite paths: the project)")
     experiment: str = _f("crowdforge", "MLflow experiment")
@@ -249,6 +299,7 @@ class Params:
     augment: AugmentParams = field(default_factory=AugmentParams)
     pretrain: PretrainParams = field(default_factory=PretrainParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    federated: FederatedParams = field(default_factory=FederatedParams)
     ensemble: EnsembleParams = field(default_factory=EnsembleParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     promote: PromoteParams = field(default_factory=PromoteParams)

@@ -19,6 +19,8 @@ class Paths:
     def unlabeled_raw(self) -> Path: return self.raw / "unlabeled"
     @property
     def gold_raw(self) -> Path: return self.raw / "gold.csv"
+    @property
+    def sites(self) -> Path: return self.root / "sites"  # demo partner sites (outside data/raw: not the crowd's)
 
     # interim
     @property
@@ -54,6 +56,10 @@ class Paths:
     @property
     def members(self) -> Path: return self.models / "members"
     def member(self, name: str) -> Path: return self.members / name
+    @property
+    def federated(self) -> Path: return self.models / "federated"  # the federated member (member format)
+    @property
+    def federated_work(self) -> Path: return self.cache / "federated"  # SuperLink/SuperNode homes, logs, the job
     @property
     def ensemble(self) -> Path: return self.models / "ensemble"
 

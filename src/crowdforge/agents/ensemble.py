@@ -54,6 +54,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +68,7 @@ from crowdforge.modeling.backbone import resolve_backbone
 from crowdforge.modeling.inference import Ensemble, Member, softmax
 from crowdforge.modeling.members import (
     ENCODER_DIR,
+    FEDERATED_MEMBER,
     HEAD_FILE,
     MEMBER_FILE,
     encoder_source,
@@ -232,6 +234,16 @@ def _key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
+def member_dirs(params: Params, paths: Paths) -> dict[str, Path]:
+    """Every member's folder: finetune's, then the federated member (when ``federated.enabled``)."""
+    dirs = {mp.name: paths.member(mp.name) for mp in params.finetune.members}
+    if params.federated.enabled:
+        if FEDERATED_MEMBER in dirs:
+            raise ValueError(f"finetune.members: `{FEDERATED_MEMBER}` names the federated member; rename yours")
+        dirs[FEDERATED_MEMBER] = paths.federated
+    return dirs
+
+
 def build_ensemble(params: Params, paths: Paths) -> Ensemble:
     """Load every member once; members sharing the pretrained (or base) encoder share one copy."""
     from safetensors.numpy import load_file
@@ -243,22 +255,21 @@ def build_ensemble(params: Params, paths: Paths) -> Ensemble:
     tokenizer = None
     members: list[Member] = []
     max_length = params.finetune.max_length
-    for mp in params.finetune.members:
-        mdir = paths.member(mp.name)
+    for name, mdir in member_dirs(params, paths).items():
         info = io.read_json(mdir / MEMBER_FILE)
         if list(info["classes"]) != classes:
-            raise ValueError(f"member {mp.name}: classes {info['classes']} != {classes}")
+            raise ValueError(f"member {name}: classes {info['classes']} != {classes}")
         if info.get("not_applicable"):  # recorded by finetune; run() reports it
             continue
         meta = {"strategy": info["strategy"], "valid_accuracy_finetune": info["valid_accuracy"]}
         ref = info["encoder"]
         if ref["kind"] == "none":  # a text model (pair_features)
-            members.append(Member(name=mp.name, encoder=None, meta=meta,
+            members.append(Member(name=name, encoder=None, meta=meta,
                                   text_model=PairSimilarityModel.load(mdir / info["head"])))
             continue
         max_length = int(info["max_length"])
         if ref["kind"] == "trained":
-            key, source = f"member-{_key(mp.name)}", str(mdir / ref.get("path", ENCODER_DIR))
+            key, source = f"member-{_key(name)}", str(mdir / ref.get("path", ENCODER_DIR))
         elif ref["kind"] == "pretrained":
             key, source = "pretrained", str(paths.pretrained)
         else:
@@ -267,7 +278,7 @@ def build_ensemble(params: Params, paths: Paths) -> Ensemble:
             encoders[key], tok = load_encoder(source)
             tokenizer = tokenizer or tok
         head = load_file(str(mdir / info.get("head", HEAD_FILE)))
-        members.append(Member(name=mp.name, encoder=key, weight=head["weight"], bias=head["bias"], meta=meta))
+        members.append(Member(name=name, encoder=key, weight=head["weight"], bias=head["bias"], meta=meta))
     return Ensemble(classes, tokenizer, encoders, members, max_length)
 
 

@@ -216,6 +216,17 @@ class FrozenLowerCache:
                     self.states[i] = h[row, : self.lengths[i]].clone()
         encoder.train(was_training)
 
+    def state(self) -> dict[str, Any]:
+        """What :meth:`from_state` needs (a federated site keeps it in its folder across rounds)."""
+        return {"ids": self.ids, "lengths": self.lengths, "hidden_size": self.hidden_size, "states": self.states}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> FrozenLowerCache:
+        cache = cls.__new__(cls)
+        cache.ids, cache.lengths = state["ids"], np.asarray(state["lengths"])
+        cache.hidden_size, cache.states = int(state["hidden_size"]), list(state["states"])
+        return cache
+
     def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         width = int(max(self.lengths[i] for i in idx))
         h = torch.zeros((len(idx), width, self.hidden_size))

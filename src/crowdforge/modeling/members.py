@@ -17,6 +17,7 @@ from crowdforge.paths import Paths
 MEMBER_FILE = "member.json"
 HEAD_FILE = "head.safetensors"
 ENCODER_DIR = "encoder"
+FEDERATED_MEMBER = "federated"  # the federated stage's member (models/federated/), named once
 
 
 def load_split(path: Path, classes: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
