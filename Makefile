@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME := $(abspath .crowdforge/prefect)
 
-.PHONY: setup run data lint test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning bench-runners
+.PHONY: setup run run-federated data lint test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning bench-runners bench-federated
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ data: setup  ## demo data (if data/raw holds none)
 
 run: data  ## the Prefect flow collaborative_training on the embedded defaults (versions data/raw with DVC first)
 	crowdforge run
+
+DEMO_SITES := [sites/site-a,sites/site-b,sites/site-c]
+
+run-federated: data  ## `make run` plus a federated member trained at three demo sites (Flower SuperLink + SuperNodes on loopback)
+	crowdforge demo-data --sites 3
+	crowdforge run -S federated.enabled=true -S 'federated.sites=$(DEMO_SITES)'
 
 lint: setup  ## ruff on src, pipelines, tests and bench (pyproject.toml [tool.ruff])
 	ruff check src pipelines tests bench
@@ -65,8 +71,11 @@ serve: setup  ## MLflow model server for models:/crowdforge@champion on http://1
 	MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) mlflow models serve -m models:/crowdforge@champion \
 	  --env-manager local --host 127.0.0.1 --port 5001
 
+bench-federated: setup  ## SST-2 over 5 sites with label skew: centralised vs alone vs FedAvg, SecAgg+, DP, a malicious site, LoRA
+	python bench/federated.py
+
 bench-runners: setup  ## ensemble members serially, in threads and on a local Dask cluster
 	python bench/task_runners.py
 
 clean:  ## remove generated data, models, reports and the local stores (keeps .venv)
-	rm -rf data models reports mlflow.db mlartifacts .crowdforge .dvc-remote dvc.lock
+	rm -rf data models reports sites mlflow.db mlartifacts .crowdforge .dvc-remote dvc.lock

@@ -26,9 +26,17 @@ DATA_PATHS = ["data/raw", "data/interim/accepted.parquet", "data/processed/label
 
 
 def lineage_summary(reports: dict[str, dict[str, Any]]) -> dict[str, str]:
-    """One-line validation result and reputation summary, for the version's tags."""
-    v, r = reports.get("validate", {}), reports.get("reputation", {})
+    """One-line validation result and reputation summary, and the federated member's provenance, for the
+    version's tags."""
+    v, r, f = reports.get("validate", {}), reports.get("reputation", {}), reports.get("federated", {})
     out = {}
+    if f.get("enabled"):  # the sites' names, rounds, protections and the aggregate's hash; never a site's data
+        out.update({"federated.sites": ",".join(f["sites"]), "federated.rounds": str(f["rounds"]),
+                    "federated.rounds_applied": str(f["rounds_applied"]), "federated.strategy": f["strategy"],
+                    "federated.secagg": str(bool(f["secagg"])).lower(),
+                    "federated.epsilon": "none (no DP)" if f.get("epsilon") is None else f"{f['epsilon']:.3f}",
+                    "federated.delta": str(f["delta"]) if f.get("epsilon") is not None else "none",
+                    "federated.aggregate_sha256": f["aggregate_sha256"]})
     if v:
         out["validation"] = (f"{v.get('rows_in')} in = {v.get('rows_accepted')} accepted + "
                              f"{v.get('rows_quarantined')} quarantined")

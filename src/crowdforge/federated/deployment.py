@@ -92,16 +92,26 @@ class Processes:
                 raise FederatedRunError(f"{Path(log).stem} exited with status {p.returncode}: {tail(log)}")
 
     def stop(self) -> None:
-        for p in self.procs:  # each runs in its own process group with the apps it spawned
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
+        """SIGTERM every process group (each party with the apps it spawned), a grace period for the
+        leaders, then SIGKILL whatever is left in the groups (an app left behind by its leader)."""
+        for p in self.procs:
+            _killpg(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for p in self.procs:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+                pass
+        for p in self.procs:
+            _killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the group is gone
+        pass
 
 
 def tail(path: Path, n: int = 15) -> str:
