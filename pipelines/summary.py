@@ -13,6 +13,7 @@ KEY_METRICS = {
     "augment": ("n_train", "n_valid", "n_augmented"),
     "pretrain": ("perplexity_before", "perplexity_after", "steps"),
     "finetune": ("n_members",),
+    "federated": ("enabled", "n_sites", "rounds_applied", "secagg", "epsilon", "gate_accuracy"),
     "ensemble": ("test_accuracy", "test_macro_f1", "test_ece", "test_n"),
     "register": ("model_name", "version", "new_version"),
     "promote": ("decision", "champion_version", "challenger_metric", "champion_metric"),

@@ -47,6 +47,8 @@ class Paths:
     def valid(self) -> Path: return self.processed / "valid.parquet"
     @property
     def ledger(self) -> Path: return self.root / "data" / "reputation" / "ledger.parquet"
+    @property
+    def site_ledger(self) -> Path: return self.root / "data" / "reputation" / "sites.parquet"  # federated sites
 
     # models
     @property

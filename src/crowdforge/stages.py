@@ -86,6 +86,7 @@ STAGES: dict[str, Stage] = {
             code=(f"{PKG}/agents/federated.py", f"{PKG}/federated", f"{PKG}/modeling"),
             params=("data", "federated"),
             outs=("models/federated", "reports/federated.json"),
+            persist=("data/reputation/sites.parquet",),
         ),
         Stage(
             "ensemble",

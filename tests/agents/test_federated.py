@@ -127,6 +127,9 @@ def test_without_secagg_each_site_is_scored_and_robust_aggregation_runs(tiny_bac
     assert report["epsilon"] is None
     sites = report["history"][0]["sites"]
     assert all(0 <= s["gold_accuracy"] <= 1 for s in sites)
+    # each site's record goes to the sites' ledger, kept across runs
+    ledger = pd.read_parquet(paths.site_ledger)
+    assert sorted(ledger["site"]) == ["north", "south"] and set(report["site_reputation"]) == {"north", "south"}
     messages = [json.loads(x) for x in (paths.federated_work / "job" / "messages.jsonl").read_text().splitlines()]
     model, _ = build_member(MemberSpec(str(tiny_backbone), 3, adapter="lora", max_length=24, seed=23))
     shapes = [list(a.shape) for a in get_arrays(model)]
@@ -140,6 +143,7 @@ def test_disabled_costs_nothing(tmp_path: Path) -> None:
     report = federated.run(parse_params({}), paths)
     assert report == {"stage": "federated", "enabled": False, "summary_md": report["summary_md"]}
     assert io.read_json(paths.federated / MEMBER_FILE) == {"enabled": False}
+    assert pd.read_parquet(paths.site_ledger).empty  # the persisted ledger exists from the first run on
 
 
 def test_params_refuse_what_cannot_work() -> None:

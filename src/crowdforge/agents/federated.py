@@ -64,11 +64,35 @@ def aggregate_hash(arrays: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
+SITE_LEDGER_COLUMNS = ("site", "flower_run_id", "recorded_at", "rounds_scored", "gold_items", "gold_accuracy",
+                       "gold_nll", "examples")
+
+
+def update_site_ledger(paths: Paths, history: list[dict[str, Any]], run_id: str, gold_items: int) -> pd.DataFrame:
+    """Append each site's record of this run (its own updates scored on the gold checks, when secure
+    aggregation was off and they were visible) to ``data/reputation/sites.parquet``, kept across runs."""
+    ledger = (pd.read_parquet(paths.site_ledger) if paths.site_ledger.exists()
+              else pd.DataFrame(columns=list(SITE_LEDGER_COLUMNS)))
+    scored = pd.DataFrame([s for r in history for s in r["sites"] if "gold_accuracy" in s])
+    if not scored.empty:
+        rows = scored.groupby("site").agg(
+            rounds_scored=("gold_accuracy", "size"), gold_accuracy=("gold_accuracy", "mean"),
+            gold_nll=("gold_nll", "mean"), examples=("num_examples", "max")).reset_index()
+        rows = rows.assign(flower_run_id=run_id, recorded_at=pd.Timestamp.now(tz="UTC").isoformat(),
+                           gold_items=gold_items)[list(SITE_LEDGER_COLUMNS)]
+        ledger = rows if ledger.empty else pd.concat([ledger[~ledger["flower_run_id"].eq(run_id)], rows],
+                                                     ignore_index=True)
+    io.write_parquet(paths.site_ledger, ledger)
+    return ledger
+
+
 def disabled(params: Params, paths: Paths) -> dict[str, Any]:
     from crowdforge.modeling.members import MEMBER_FILE
 
     with io.atomic_dir(paths.federated) as tmp:
         io.write_json(tmp / MEMBER_FILE, {"enabled": False})
+    if not paths.site_ledger.exists():  # kept across runs (a DVC `persist` out): created empty once
+        update_site_ledger(paths, [], "", 0)
     return write_report(paths, "federated", {"enabled": False},
                         "## federated\n\nDisabled (`federated.enabled: false`): no federated member.\n")
 
@@ -173,6 +197,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         encoder.save_pretrained(tmp / ENCODER_DIR)
         tokenizer.save_pretrained(tmp / ENCODER_DIR)
         io.write_json(tmp / MEMBER_FILE, info)
+    ledger = update_site_ledger(paths, rounds, str(status.get("run_id", "")), len(gate))
     sent = bytes_per_site_round(messages)
     metrics = {
         "enabled": True, "sites": list(sites), "n_sites": len(sites), "rounds": fp.rounds,
@@ -183,6 +208,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "bytes_per_site_round": sent["mean"], "bytes_per_site_round_max": sent["max"],
         "seconds_per_round": float(np.mean([r["seconds"] for r in rounds])) if rounds else None,
         "site_failures": sum(r["failures"] for r in rounds),
+        "site_reputation": ({} if fp.secagg else  # hidden by design under secure aggregation
+                            {r.site: round(float(r.gold_accuracy), 4) for r in
+                             ledger[ledger["flower_run_id"] == str(status.get("run_id", ""))].itertuples()}),
         "protections": protections, "flower_run_id": status.get("run_id"),
         "history": rounds, "seconds": round(time.perf_counter() - start, 2),
     }

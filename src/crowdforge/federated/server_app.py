@@ -83,9 +83,12 @@ class InfluenceClipping(DifferentialPrivacyClientSideFixedClipping):
         super().__init__(strategy, noise_multiplier=0.0, clipping_norm=NO_CLIP, num_sampled_clients=n_sites)
         self.norms: list[float] = []
 
+    def next_norm(self) -> float:
+        """The bound for the coming round: the median of the norms reported last round."""
+        return float(np.median(self.norms)) if self.norms else NO_CLIP
+
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> list[tuple[Any, FitIns]]:
-        if self.norms:
-            self.clipping_norm = float(np.median(self.norms))
+        self.clipping_norm = self.next_norm()
         return super().configure_fit(server_round, parameters, client_manager)
 
     def aggregate_fit(self, server_round: int, results: list[tuple[Any, FitRes]], failures: Any) -> Any:
