@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
+from crowdforge.runtime import free_port, venv_bin
 
 
 def wait_until_up(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
@@ -92,7 +83,7 @@ def prefect_server(home: Path, port: int | None = None, timeout: float = 180) ->
     env = {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_UI_ENABLED": os.environ.get("PREFECT_UI_ENABLED", "true")}
     env.pop("PREFECT_API_URL", None)
-    cmd = [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [venv_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with _server(cmd, f"http://127.0.0.1:{port}/api/health", home / "server.log", env, timeout):
         yield f"http://127.0.0.1:{port}/api"
 
@@ -125,7 +116,7 @@ def mlflow_server(root: Path, port: int | None = None, timeout: float = 180) -> 
     """An ``mlflow server`` (SQLite backend, proxied local artifacts under ``root``); yields its URI."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
-    cmd = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+    cmd = [venv_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{(root / 'mlflow.db').resolve()}",
            "--artifacts-destination", str((root / "artifacts").resolve()), "--workers", "1"]
     path_env = {"PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crowdforge.runtime import OFFLINE_ENV, free_port, venv_bin
+
 APP_NAME = "crowdforge-federated"
 CONNECTION = "crowdforge"
 
@@ -32,23 +34,13 @@ class FederatedRunError(RuntimeError):
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def flower_env(home: Path) -> dict[str, str]:
     """The environment of every Flower process: offline, quiet, its own FLWR_HOME, this venv's tools."""
     env = dict(os.environ)
-    env.update(FLWR_HOME=str(home), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+    env.update({k: v for k, v in OFFLINE_ENV.items() if k not in env})
+    env.update(FLWR_HOME=str(home), FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
     return env
-
-
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
 
 
 def write_app(folder: Path, run_config: dict[str, Any]) -> Path:
@@ -152,7 +144,8 @@ def local_federation(work: Path, sites: dict[str, Path],
     procs = Processes([], [])
     try:
         log = work / "logs" / "superlink.log"
-        procs.procs.append(_spawn([_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
+        procs.procs.append(_spawn([venv_bin("flower-superlink"), "--insecure",
+                                   "--disable-runtime-dependency-installation",
                                    "--serverappio-api-address", addr["serverappio"],
                                    "--fleet-api-address", addr["fleet"], "--control-api-address", addr["control"],
                                    "--database", str(link_home / "state.db")],
@@ -166,7 +159,7 @@ def local_federation(work: Path, sites: dict[str, Path],
             if backbone:
                 node_config += f' backbone="{backbone}"'
             log = work / "logs" / f"supernode-{name}.log"
-            procs.procs.append(_spawn([_bin("flower-supernode"), "--insecure", "--superlink", addr["fleet"],
+            procs.procs.append(_spawn([venv_bin("flower-supernode"), "--insecure", "--superlink", addr["fleet"],
                                        "--clientappio-api-address", f"127.0.0.1:{free_port()}",
                                        "--node-config", node_config], flower_env(home), log, home))
             procs.logs.append(log)
@@ -187,7 +180,7 @@ def run_app(app: Path, home: Path, timeout: float, log: Path, procs: Processes |
     env = flower_env(home)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w", encoding="utf-8") as fh:
-        proc = subprocess.Popen([_bin("flwr"), "run", str(app), CONNECTION, "--stream"], env=env, cwd=home,
+        proc = subprocess.Popen([venv_bin("flwr"), "run", str(app), CONNECTION, "--stream"], env=env, cwd=home,
                                 stdout=fh, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + timeout
         try:
@@ -201,13 +194,13 @@ def run_app(app: Path, home: Path, timeout: float, log: Path, procs: Processes |
         except FederatedRunError:
             proc.kill()
             if _run_id(log):
-                subprocess.run([_bin("flwr"), "stop", _run_id(log), CONNECTION], check=False, env=env,
+                subprocess.run([venv_bin("flwr"), "stop", _run_id(log), CONNECTION], check=False, env=env,
                                capture_output=True, cwd=home)
             raise
     run_id = _run_id(log)
     if not run_id:
         raise FederatedRunError(f"flwr run did not start a run:\n{tail(log)}")
-    res = subprocess.run([_bin("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
+    res = subprocess.run([venv_bin("flwr"), "ls", CONNECTION, "--run-id", run_id, "--format", "json"],
                          check=False, env=env, capture_output=True, text=True, cwd=home)
     if res.returncode != 0 or "{" not in res.stdout:
         raise FederatedRunError(f"flwr ls failed for run {run_id}: {res.stdout[-1000:]} {res.stderr[-1000:]}")
