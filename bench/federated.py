@@ -102,8 +102,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sites", type=int, default=5)
     ap.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration of the label skew")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--local-epochs", type=int, default=2)
+    ap.add_argument("--train", type=int, default=3000, help="SST-2 train sentences split over the sites (of 6,920)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--local-epochs", type=int, default=1)
     ap.add_argument("--gold-checks", type=int, default=200, help="SST-2 dev sentences the coordinator scores rounds on")
     ap.add_argument("--rows", default="centralised,alone," + ",".join(ROWS))
     ap.add_argument("--seed", type=int, default=0)
@@ -131,6 +132,7 @@ def main() -> int:
     from crowdforge.paths import Paths
 
     train = read_sst(SHARED / "sst2" / "stsa.binary.train")
+    train = train.sample(min(args.train, len(train)), random_state=args.seed).reset_index(drop=True)
     dev = read_sst(SHARED / "sst2" / "stsa.binary.dev").sample(args.gold_checks, random_state=args.seed)
     test = read_sst(SHARED / "sst2" / "stsa.binary.test")
     classes = ["negative", "positive"]
@@ -229,7 +231,8 @@ def render(res: dict[str, Any]) -> str:
     a = res["args"]
     when = f"{res['started']} - {res.get('finished', 'unfinished')}"
     lines = [(f"`python bench/federated.py` ({res['machine']}; {when}). "
-              f"SST-2 train split over {a['sites']} sites with label skew (Dirichlet alpha {a['alpha']}; sizes "
+              f"{a['train']} SST-2 train sentences (seeded sample) split over {a['sites']} sites with label skew "
+              f"(Dirichlet alpha {a['alpha']}; sizes "
               f"{res['site_sizes']}, positive share {res['site_positive_share']}); {a['rounds']} rounds x "
               f"{a['local_epochs']} local epochs; the coordinator's gold checks are {a['gold_checks']} SST-2 dev "
               "sentences; accuracy on the SST-2 test split (1,821). Centralised and each-site-alone train the same "
