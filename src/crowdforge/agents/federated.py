@@ -97,64 +97,51 @@ def disabled(params: Params, paths: Paths) -> dict[str, Any]:
                         "## federated\n\nDisabled (`federated.enabled: false`): no federated member.\n")
 
 
-def run(params: Params, paths: Paths) -> dict[str, Any]:
-    fp = params.federated
-    if not fp.enabled:
-        return disabled(params, paths)
-    from safetensors.torch import save_file
-
-    from crowdforge.federated.deployment import (
-        FederatedRunError,
-        local_federation,
-        run_app,
-        tail,
-        write_app,
-        write_connection,
-    )
-    from crowdforge.federated.job import Job
-    from crowdforge.federated.local_training import LocalConfig, MemberSpec, build_member, merged_encoder, set_arrays
-    from crowdforge.federated.server_app import GOLD_FILE, HISTORY_FILE, MESSAGES_FILE, RESULT_FILE
+def make_job(params: Params, paths: Paths, n_sites: int, job_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The job every party reads (the member's spec, the sites' settings) and where the member starts."""
+    from crowdforge.federated.job import Job, LocalConfig, MemberSpec
     from crowdforge.modeling.backbone import backbone_fingerprint
-    from crowdforge.modeling.members import ENCODER_DIR, FEDERATED_MEMBER, HEAD_FILE, MEMBER_FILE, encoder_source
+    from crowdforge.modeling.members import encoder_source
 
-    start = time.perf_counter()
-    classes = tuple(params.data.classes)
-    sites = site_folders(params, paths)
-    local = fp.superlink == "local"
-    if local:
-        missing = [str(f) for f in sites.values() if not f.is_dir()]
-        if missing:
-            raise FileNotFoundError(f"federated.sites: no such site folder(s): {', '.join(missing)}")
+    fp = params.federated
     backbone, source = encoder_source(paths, params)
-    work = paths.federated_work
-    job_dir = work / "job"
-    shutil.rmtree(job_dir, ignore_errors=True)
-    job_dir.mkdir(parents=True)
-    gate, gate_kind = gate_items(paths)
-    io.write_parquet(job_dir / GOLD_FILE, gate)
     job = Job(spec=MemberSpec(backbone=str(Path(backbone).resolve()) if Path(backbone).exists() else backbone,
-                              n_classes=len(classes), unfreeze_layers=fp.unfreeze_layers, adapter=fp.adapter,
-                              lora_rank=fp.lora_rank, max_length=params.finetune.max_length, seed=fp.seed),
+                              n_classes=len(params.data.classes), unfreeze_layers=fp.unfreeze_layers,
+                              adapter=fp.adapter, lora_rank=fp.lora_rank, max_length=params.finetune.max_length,
+                              seed=fp.seed),
               local=LocalConfig(epochs=fp.local_epochs, batch_size=fp.batch_size, lr_head=fp.lr_head,
                                 lr_backbone=fp.lr_backbone,
                                 proximal_mu=fp.proximal_mu if fp.strategy == "fedprox" else 0.0,
                                 dp_max_grad_norm=fp.dp.max_grad_norm, seed=fp.seed),
-              classes=classes, rounds=fp.rounds, n_sites=len(sites), strategy=fp.strategy, secagg=fp.secagg,
-              gold_gate=fp.gold_gate, dp_epsilon=fp.dp.epsilon if fp.dp.enabled else 0.0, dp_delta=fp.dp.delta,
-              backbone_fingerprint=backbone_fingerprint(backbone), job_dir=str(job_dir.resolve()))
-    app = write_app(job_dir / "app", job.to_run_config())
-    cli_home = work / "cli"
+              classes=tuple(params.data.classes), rounds=fp.rounds, n_sites=n_sites, strategy=fp.strategy,
+              secagg=fp.secagg, gold_gate=fp.gold_gate, dp_epsilon=fp.dp.epsilon if fp.dp.enabled else 0.0,
+              dp_delta=fp.dp.delta, backbone_fingerprint=backbone_fingerprint(backbone),
+              job_dir=str(job_dir.resolve()))
+    return job, source
+
+
+def launch(params: Params, work: Path, sites: dict[str, Path], app: Path) -> dict[str, Any]:
+    """Run the app: on local SuperLink + SuperNode processes, or on the partners' SuperLink."""
+    from crowdforge.federated.deployment import FederatedRunError, local_federation, run_app, tail, write_connection
+
+    fp, cli_home, log = params.federated, work / "cli", work / "logs" / "flwr-run.log"
     try:
-        if local:
+        if fp.superlink == "local":
             with local_federation(work, sites) as (address, procs):
                 write_connection(cli_home, address)
-                status = run_app(app, cli_home, fp.timeout_seconds, work / "logs" / "flwr-run.log", procs)
-        else:
-            write_connection(cli_home, fp.superlink, fp.root_certificates)
-            status = run_app(app, cli_home, fp.timeout_seconds, work / "logs" / "flwr-run.log")
+                return run_app(app, cli_home, fp.timeout_seconds, log, procs)
+        write_connection(cli_home, fp.superlink, fp.root_certificates)
+        return run_app(app, cli_home, fp.timeout_seconds, log)
     except FederatedRunError as exc:
         raise FederatedRunError(f"{exc}\nSuperLink log ({work / 'logs' / 'superlink.log'}):\n"
                                 f"{tail(work / 'logs' / 'superlink.log')}") from exc
+
+
+def read_outcome(job_dir: Path, work: Path, status: dict[str, Any]) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """The run's history, the replies' audit and the final weights; a failed run is an error."""
+    from crowdforge.federated.deployment import FederatedRunError, tail
+    from crowdforge.federated.server_app import HISTORY_FILE, MESSAGES_FILE, RESULT_FILE
+
     if status.get("status") != "finished:completed" or not (job_dir / RESULT_FILE).exists():
         raise FederatedRunError(f"federated run {status.get('run_id')} ended {status.get('status')} "
                                 f"({status.get('status-details', '')}); logs in {work / 'logs'}:\n"
@@ -167,52 +154,89 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     messages = [json.loads(line) for line in (job_dir / MESSAGES_FILE).read_text().splitlines() if line.strip()]
     with np.load(job_dir / RESULT_FILE) as npz:
         arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]
-    epsilon = max((float(s.get("epsilon", 0.0)) for r in history["rounds"] for s in r["sites"]), default=0.0)
+    return history, messages, arrays
+
+
+def protections_in_force(params: Params, epsilon: float, gate_kind: str) -> dict[str, str]:
+    fp = params.federated
+    return {"secure_aggregation": "SecAgg+" if fp.secagg else "off (each site's update visible)",
+            "differential_privacy": (f"DP-SGD at every site, (epsilon={epsilon:.2f}, delta={fp.dp.delta:g})"
+                                     if fp.dp.enabled else "off"),
+            "influence_clipping": "each site's update clipped to the median norm of the previous round",
+            "aggregation": fp.strategy,
+            "gold_gate": f"on: a round worse on {gate_kind} is not applied" if fp.gold_gate else "off"}
+
+
+def save_member(paths: Paths, job: Any, arrays: list[Any], info: dict[str, Any]) -> None:
+    """The aggregate in the members' format (LoRA merged), so the ensemble loads it like any member."""
+    from safetensors.torch import save_file
+
+    from crowdforge.federated.local_training import build_member, merged_encoder, set_arrays
+    from crowdforge.modeling.members import ENCODER_DIR, HEAD_FILE, MEMBER_FILE
+
+    model, tokenizer = build_member(job.spec)
+    set_arrays(model, arrays)
+    info = {**info, "hidden_size": int(model.head.in_features), "head": HEAD_FILE,
+            "encoder": {"kind": "trained", "path": ENCODER_DIR}}
+    with io.atomic_dir(paths.federated) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(tmp / HEAD_FILE))
+        merged_encoder(model).save_pretrained(tmp / ENCODER_DIR)
+        tokenizer.save_pretrained(tmp / ENCODER_DIR)
+        io.write_json(tmp / MEMBER_FILE, info)
+
+
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    fp = params.federated
+    if not fp.enabled:
+        return disabled(params, paths)
+    from crowdforge.federated.deployment import write_app
+    from crowdforge.federated.server_app import GOLD_FILE
+    from crowdforge.modeling.members import FEDERATED_MEMBER
+
+    start = time.perf_counter()
+    sites = site_folders(params, paths)
+    if fp.superlink == "local":
+        missing = [str(f) for f in sites.values() if not f.is_dir()]
+        if missing:
+            raise FileNotFoundError(f"federated.sites: no such site folder(s): {', '.join(missing)}")
+    work = paths.federated_work
+    job_dir = work / "job"
+    shutil.rmtree(job_dir, ignore_errors=True)
+    job_dir.mkdir(parents=True)
+    gate, gate_kind = gate_items(paths)
+    io.write_parquet(job_dir / GOLD_FILE, gate)
+    job, source = make_job(params, paths, len(sites), job_dir)
+    status = launch(params, work, sites, write_app(job_dir / "app", job.to_run_config()))
+    history, messages, arrays = read_outcome(job_dir, work, status)
+    rounds, run_id = history["rounds"], str(status.get("run_id", ""))
+    epsilon = max((float(s.get("epsilon", 0.0)) for r in rounds for s in r["sites"]), default=0.0)
     if fp.dp.enabled and epsilon > fp.dp.max_epsilon:
         raise ValueError(f"federated member refused: its accounted epsilon {epsilon:.2f} exceeds "
                          f"federated.dp.max_epsilon {fp.dp.max_epsilon} (delta {fp.dp.delta})")
-    model, tokenizer = build_member(job.spec)
-    set_arrays(model, arrays)
     digest = aggregate_hash(arrays)
-    rounds = history["rounds"]
-    protections = {"secure_aggregation": "SecAgg+" if fp.secagg else "off (each site's update visible)",
-                   "differential_privacy": (f"DP-SGD at every site, (epsilon={epsilon:.2f}, delta={fp.dp.delta:g})"
-                                            if fp.dp.enabled else "off"),
-                   "influence_clipping": "each site's update clipped to the median norm of the previous round",
-                   "aggregation": fp.strategy,
-                   "gold_gate": f"on: a round worse on {gate_kind} is not applied" if fp.gold_gate else "off"}
-    info = {
+    protections = protections_in_force(params, epsilon, gate_kind)
+    provenance = {"sites": list(sites), "rounds": fp.rounds, "rounds_applied": sum(r["applied"] for r in rounds),
+                  "secagg": fp.secagg, "epsilon": epsilon if fp.dp.enabled else None, "delta": fp.dp.delta,
+                  "aggregate_sha256": digest, "protections": protections}
+    save_member(paths, job, arrays, {
         "name": FEDERATED_MEMBER, "enabled": True, "strategy": f"federated-{fp.adapter}", "seed": fp.seed,
-        "classes": list(classes), "max_length": params.finetune.max_length,
-        "hidden_size": int(model.head.in_features), "head": HEAD_FILE,
-        "encoder": {"kind": "trained", "path": ENCODER_DIR}, "initial_encoder": source,
+        "classes": list(params.data.classes), "max_length": params.finetune.max_length, "initial_encoder": source,
         "valid_accuracy": history["final"]["accuracy"], "valid_nll": history["final"]["nll"],
-        "federated": {"sites": list(sites), "rounds": fp.rounds, "rounds_applied": sum(r["applied"] for r in rounds),
-                      "secagg": fp.secagg, "epsilon": epsilon if fp.dp.enabled else None, "delta": fp.dp.delta,
-                      "aggregate_sha256": digest, "protections": protections},
-    }
-    with io.atomic_dir(paths.federated) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, str(tmp / HEAD_FILE))
-        encoder = merged_encoder(model)
-        encoder.save_pretrained(tmp / ENCODER_DIR)
-        tokenizer.save_pretrained(tmp / ENCODER_DIR)
-        io.write_json(tmp / MEMBER_FILE, info)
-    ledger = update_site_ledger(paths, rounds, str(status.get("run_id", "")), len(gate))
+        "federated": provenance})
+    ledger = update_site_ledger(paths, rounds, run_id, len(gate))
     sent = bytes_per_site_round(messages)
     metrics = {
-        "enabled": True, "sites": list(sites), "n_sites": len(sites), "rounds": fp.rounds,
-        "rounds_applied": info["federated"]["rounds_applied"], "strategy": fp.strategy, "adapter": fp.adapter,
-        "secagg": fp.secagg, "dp": fp.dp.enabled, "epsilon": epsilon if fp.dp.enabled else None,
-        "delta": fp.dp.delta, "gate_items": len(gate), "gate_kind": gate_kind,
-        "gate_accuracy": history["final"]["accuracy"], "aggregate_sha256": digest,
+        "enabled": True, **{k: v for k, v in provenance.items() if k != "protections"}, "n_sites": len(sites),
+        "strategy": fp.strategy, "adapter": fp.adapter, "dp": fp.dp.enabled,
+        "gate_items": len(gate), "gate_kind": gate_kind, "gate_accuracy": history["final"]["accuracy"],
         "bytes_per_site_round": sent["mean"], "bytes_per_site_round_max": sent["max"],
         "seconds_per_round": float(np.mean([r["seconds"] for r in rounds])) if rounds else None,
         "site_failures": sum(r["failures"] for r in rounds),
         "site_reputation": ({} if fp.secagg else  # hidden by design under secure aggregation
-                            {r.site: round(float(r.gold_accuracy), 4) for r in
-                             ledger[ledger["flower_run_id"] == str(status.get("run_id", ""))].itertuples()}),
-        "protections": protections, "flower_run_id": status.get("run_id"),
-        "history": rounds, "seconds": round(time.perf_counter() - start, 2),
+                            {r.site: round(float(r.gold_accuracy), 4)
+                             for r in ledger[ledger["flower_run_id"] == run_id].itertuples()}),
+        "protections": protections, "flower_run_id": run_id, "history": rounds,
+        "seconds": round(time.perf_counter() - start, 2),
     }
     eps = f"epsilon {epsilon:.2f} (delta {fp.dp.delta:g})" if fp.dp.enabled else "no DP"
     md = (f"## federated\n\n{len(sites)} sites ({', '.join(sites)}), {fp.rounds} rounds of {fp.strategy} "

@@ -7,7 +7,8 @@ from crowdforge.paths import Paths
 
 SHOWN = ("git_commit", "git_dirty", "prefect_flow_run_id", "data.raw.dvc", "data.raw.md5", "data.labels.md5",
          "ensemble_md5", "test_set_hash", "test_accuracy", "test_macro_f1", "validation", "reputation",
-         "promotion.decision", "promotion.reason", "promotion.at")
+         "federated.sites", "federated.rounds", "federated.secagg", "federated.epsilon", "federated.delta",
+         "federated.aggregate_sha256", "promotion.decision", "promotion.reason", "promotion.at")
 
 
 class LineageError(RuntimeError):
