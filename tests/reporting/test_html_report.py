@@ -70,3 +70,14 @@ def test_empty_blackboard_never_crashes(tmp_path: Path) -> None:
     params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
     page = build_report(Paths(tmp_path), params).read_text(encoding="utf-8")
     assert page.count('<p class="na">not available:') == 5 and IMAGE not in page
+
+
+def test_the_header_says_which_protections_the_federated_member_had() -> None:
+    from crowdforge.reporting.html_report import _subtitle_and_notes
+
+    fed = {"enabled": True, "n_sites": 2, "sites": ["north", "south"], "rounds": 3, "rounds_applied": 2,
+           "protections": {"secure_aggregation": "SecAgg+", "gold_gate": "on"}}
+    _, notes = _subtitle_and_notes({"federated": fed})
+    assert notes == [("federated member: 2 sites (north, south), 2 of 3 rounds applied; secure aggregation: SecAgg+; "
+                     "gold gate: on")]
+    assert _subtitle_and_notes({"federated": {"enabled": False}})[1] == []

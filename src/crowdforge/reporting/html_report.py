@@ -434,6 +434,11 @@ def _subtitle_and_notes(reports: Mapping[str, dict[str, Any] | str]) -> tuple[st
     if isinstance(ens, dict) and ens.get("test_set_hash"):
         bits.append(f"gold test split {str(ens['test_set_hash'])[:12]} ({ens.get('test_n', '?')} items)")
     notes = [f"missing: {r}" for r in reports.values() if isinstance(r, str)]
+    fed = reports.get("federated")
+    if isinstance(fed, dict) and fed.get("enabled"):  # which protections were in force for the federated member
+        notes.append(f"federated member: {fed.get('n_sites')} sites ({', '.join(fed.get('sites', []))}), "
+                     f"{fed.get('rounds_applied')} of {fed.get('rounds')} rounds applied; "
+                     + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in (fed.get("protections") or {}).items()))
     return " · ".join(bits) or "run identity not available", notes
 
 
@@ -446,6 +451,8 @@ def build_report(paths: Paths, params: Params) -> Path:
     """
     classes = list(params.data.classes)
     reports = load_reports(paths, ("validate", "reputation", "pretrain", "ensemble"))
+    if paths.report("federated").exists():
+        reports.update(load_reports(paths, ("federated",)))
     preds = _capture(lambda: gold_test_predictions(paths, classes))
     subtitle, notes = _subtitle_and_notes(reports)
     page = render_html(key_numbers(reports), subtitle, notes, sections(paths, classes, reports, preds))
