@@ -239,7 +239,8 @@ def render(res: dict[str, Any]) -> str:
               "member for the same passes over the data, without Flower."), "",
              "| row | test accuracy | vs centralised | MB/site/round | s/round | rounds applied | epsilon |",
              "|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
+    order = ["centralised", "alone", *ROWS]
+    for name, r in sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
         if "error" in r:
             lines.append(f"| {name} | failed: {r['error'][:120]} | | | | | |")
             continue
@@ -250,7 +251,44 @@ def render(res: dict[str, Any]) -> str:
         eps = f"{r['epsilon']:.2f}" if r.get("epsilon") else ""
         applied = r.get("rounds_applied", "")
         lines.append(f"| {name} | {100 * acc:.1f} | {diff} | {mb} | {spr} | {applied} | {eps} |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + goal_lines(rows) + [""] + list(res.get("notes", [])))
+
+
+def goal_lines(rows: dict[str, Any]) -> list[str]:
+    """The issue's goals, judged from this run's rows (a row that did not run says so)."""
+    acc = {k: 100 * r["accuracy"] for k, r in rows.items() if "accuracy" in r}
+
+    def judge(name: str, value: float | None, ok: bool | None, goal: str) -> str:
+        if value is None or ok is None:
+            return f"- {name}: not measured in this run ({goal})"
+        return f"- {name}: {value:+.1f} ({goal}) -> {'met' if ok else 'not met'}"
+
+    def diff(a: str, b: str) -> float | None:
+        return acc[a] - acc[b] if a in acc and b in acc else None
+
+    d_sec, d_dp = diff("secagg", "centralised"), diff("secagg_dp8", "centralised")
+    d_on, d_off, d_med = (diff("malicious_defences_on", "secagg"), diff("malicious_defences_off", "fedavg"),
+                          diff("malicious_fedmedian", "fedavg"))
+    out = ["Goals:",
+           judge("SecAgg+ vs centralised, points", d_sec, None if d_sec is None else d_sec >= -2, "goal: within 2"),
+           judge("SecAgg+ with DP at epsilon 8 vs centralised, points", d_dp, None if d_dp is None else d_dp >= -4,
+                 "goal: within 4"),
+           judge("one malicious site, defences on (SecAgg+, clipping, gold gate) vs the same without the attack",
+                 d_on, None if d_on is None else d_on > -1, "goal: costs less than 1 point"),
+           judge("one malicious site, defences off (FedAvg, no gate) vs FedAvg without the attack", d_off,
+                 None if d_off is None else True, "reported"),
+           judge("one malicious site, FedMedian + gate (secure aggregation off) vs FedAvg without the attack", d_med,
+                 None if d_med is None else d_med > -1, "goal: costs less than 1 point")]
+    lora, part = rows.get("lora_secagg", {}), rows.get("secagg", {})
+    if lora.get("bytes_per_site_round") and part.get("bytes_per_site_round"):
+        ratio = part["bytes_per_site_round"] / lora["bytes_per_site_round"]
+        d_lora = diff("lora_secagg", "secagg")
+        out.append(f"- LoRA: {ratio:.0f}x fewer bytes per site per round than partial (goal: at least 20x) and "
+                   f"{d_lora:+.1f} points (goal: at most 1 point lost) -> "
+                   f"{'met' if ratio >= 20 and d_lora is not None and d_lora >= -1 else 'not met'}")
+    else:
+        out.append("- LoRA vs partial: not measured in this run")
+    return out
 
 
 def write_section(md: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
