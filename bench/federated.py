@@ -15,7 +15,8 @@ every site's data):
 - with one malicious site that flips its labels, defences off (plain FedAvg, no gate) and on
   (the defaults: SecAgg+, influence clipping, the gold gate), and with robust aggregation (FedMedian
   + gate, secure aggregation off);
-- LoRA adapters instead of the partial member (SecAgg+).
+- LoRA adapters instead of the partial member (SecAgg+), without and with DP at epsilon 8 (DP-SGD's
+  noise grows with the number of trained parameters, LoRA trains about 1 % of partial's).
 
 Sites get the gold labels of their sentences (this measures federation, not crowd noise), split by
 a Dirichlet(alpha) draw per class; the coordinator's gold checks are SST-2 dev sentences; accuracy
@@ -48,6 +49,8 @@ ROWS = {  # name -> (federated overrides, malicious site)
     "malicious_defences_on": ({"secagg": True, "dp": {"enabled": False}}, True),
     "malicious_fedmedian": ({"secagg": False, "strategy": "fedmedian", "dp": {"enabled": False}}, True),
     "lora_secagg": ({"secagg": True, "adapter": "lora", "dp": {"enabled": False}}, False),
+    "lora_secagg_dp8": ({"secagg": True, "adapter": "lora", "dp": {"enabled": True, "epsilon": 8.0, "delta": 1e-5}},
+                        False),
 }
 
 
