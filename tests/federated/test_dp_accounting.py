@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from crowdforge.federated.privacy import epsilon_spent, noise_multiplier
+from crowdforge.federated.dp_accounting import epsilon_spent, noise_multiplier
 
 
 @pytest.mark.parametrize("target", [1.0, 8.0])

@@ -29,8 +29,8 @@ CACHE_DIR = ".crowdforge-cache"  # inside the site's folder: the frozen layers' 
 
 def dp_noise(job: Job, n: int) -> float:
     """The site's DP-SGD noise multiplier for the whole job's steps (0 without DP)."""
+    from crowdforge.federated.dp_accounting import noise_multiplier
     from crowdforge.federated.local_training import steps_per_epoch
-    from crowdforge.federated.privacy import noise_multiplier
 
     if job.dp_epsilon <= 0:
         return 0.0
@@ -65,8 +65,8 @@ class SiteClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]) -> tuple[list[np.ndarray], int, dict[str, Any]]:
         from dataclasses import replace
 
+        from crowdforge.federated.dp_accounting import epsilon_spent
         from crowdforge.federated.local_training import build_member, get_arrays, set_arrays, train_local
-        from crowdforge.federated.privacy import epsilon_spent
         from crowdforge.federated.site_data import read_site
         from crowdforge.modeling.backbone import backbone_fingerprint
 
