@@ -254,7 +254,7 @@ def render(res: dict[str, Any]) -> str:
         eps = f"{r['epsilon']:.2f}" if r.get("epsilon") else ""
         applied = r.get("rounds_applied", "")
         lines.append(f"| {name} | {100 * acc:.1f} | {diff} | {mb} | {spr} | {applied} | {eps} |")
-    return "\n".join(lines + [""] + goal_lines(rows) + [""] + list(res.get("notes", [])))
+    return "\n".join(lines + [""] + goal_lines(rows)) + "".join(f"\n\n{n}" for n in res.get("notes", []))
 
 
 def goal_lines(rows: dict[str, Any]) -> list[str]:
@@ -262,8 +262,10 @@ def goal_lines(rows: dict[str, Any]) -> list[str]:
     acc = {k: 100 * r["accuracy"] for k, r in rows.items() if "accuracy" in r}
 
     def judge(name: str, value: float | None, ok: bool | None, goal: str) -> str:
-        if value is None or ok is None:
+        if value is None:
             return f"- {name}: not measured in this run ({goal})"
+        if ok is None:  # reported, no goal
+            return f"- {name}: {value:+.1f} ({goal})"
         return f"- {name}: {value:+.1f} ({goal}) -> {'met' if ok else 'not met'}"
 
     def diff(a: str, b: str) -> float | None:
@@ -279,7 +281,7 @@ def goal_lines(rows: dict[str, Any]) -> list[str]:
            judge("one malicious site, defences on (SecAgg+, clipping, gold gate) vs the same without the attack",
                  d_on, None if d_on is None else d_on > -1, "goal: costs less than 1 point"),
            judge("one malicious site, defences off (FedAvg, no gate) vs FedAvg without the attack", d_off,
-                 None if d_off is None else True, "reported"),
+                 None, "reported"),
            judge("one malicious site, FedMedian + gate (secure aggregation off) vs FedAvg without the attack", d_med,
                  None if d_med is None else d_med > -1, "goal: costs less than 1 point")]
     lora, part = rows.get("lora_secagg", {}), rows.get("secagg", {})
