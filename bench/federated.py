@@ -59,11 +59,9 @@ def log(msg: str) -> None:
 
 
 def read_sst(path: Path) -> Any:
-    from crowdforge.simulate.crowd import read_gold_file
+    from learning import read_sst as read  # the learning benchmark's SST-2 reader (labels as class names)
 
-    df = read_gold_file(path)
-    df["label"] = df["label"].map({"0": "negative", "1": "positive"})
-    return df.drop_duplicates("text").reset_index(drop=True)
+    return read(path).drop_duplicates("text").reset_index(drop=True)
 
 
 def dirichlet_split(labels: Any, n_sites: int, alpha: float, seed: int) -> list[list[int]]:

@@ -36,7 +36,7 @@ def gate(tmp_path: Path, enabled: bool = True) -> GoldGate:
               job_dir=str(tmp_path))
     inner = FedAvg(fraction_evaluate=0.0)
     clipping = InfluenceClipping(inner, 2)
-    return GoldGate(clipping, job, Scorer(), clipping)
+    return GoldGate(clipping, job, Scorer())
 
 
 def test_a_round_that_scores_worse_is_not_applied_and_every_round_is_logged(tmp_path: Path) -> None:

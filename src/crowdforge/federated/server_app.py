@@ -40,6 +40,7 @@ from flwr.server.strategy import (
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid, ServerApp
 
+from crowdforge import io
 from crowdforge.federated.job import Job
 
 NO_CLIP = 1e12  # the first round's clipping norm: no site has reported a norm yet
@@ -99,8 +100,8 @@ class InfluenceClipping(DifferentialPrivacyClientSideFixedClipping):
 class GoldGate(Strategy):
     """Applies a round's aggregate only if it does not lower the gold-check score; logs every round."""
 
-    def __init__(self, inner: Strategy, job: Job, score: GoldScorer, clipping: InfluenceClipping) -> None:
-        self.inner, self.job, self.score, self.clipping = inner, job, score, clipping
+    def __init__(self, inner: InfluenceClipping, job: Job, score: GoldScorer) -> None:
+        self.inner, self.job, self.score = inner, job, score
         self.current = ndarrays_to_parameters(score.initial)
         self.best = score(score.initial)
         self.history: list[dict[str, Any]] = []
@@ -112,7 +113,7 @@ class GoldGate(Strategy):
     def configure_fit(self, server_round: int, parameters: Parameters, client_manager: Any) -> Any:
         self.round_started = time.perf_counter()
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
-        self.clip_norm = self.clipping.clipping_norm  # set by the inner configure_fit
+        self.clip_norm = self.inner.clipping_norm  # set by the inner configure_fit
         return instructions
 
     def aggregate_fit(self, server_round: int, results: list[tuple[Any, FitRes]], failures: Any) -> Any:
@@ -139,7 +140,7 @@ class GoldGate(Strategy):
                 entry["applied"] = True
         entry["seconds"] = round(time.perf_counter() - self.round_started, 3)
         self.history.append(entry)
-        write_json(Path(self.job.job_dir) / HISTORY_FILE, {"rounds": self.history, "final": {
+        io.write_json(Path(self.job.job_dir) / HISTORY_FILE, {"rounds": self.history, "final": {
             "accuracy": self.best[0], "nll": self.best[1]}})
         return self.current, metrics
 
@@ -217,12 +218,6 @@ def describe_message(m: Any) -> dict[str, Any]:
     return out
 
 
-def write_json(path: Path, obj: Any) -> None:
-    from crowdforge import io
-
-    io.write_json(path, obj)
-
-
 def base_strategy(job: Job, initial: Parameters) -> Strategy:
     common = {"fraction_fit": 1.0, "fraction_evaluate": 0.0, "min_fit_clients": job.n_sites,
                   "min_available_clients": job.n_sites, "initial_parameters": initial,
@@ -247,14 +242,12 @@ def main(grid: Grid, context: Context) -> None:
     out = Path(job.job_dir)
     score = GoldScorer(job)
     clipping = InfluenceClipping(base_strategy(job, ndarrays_to_parameters(score.initial)), job.n_sites)
-    gate = GoldGate(clipping, job, score, clipping)
+    gate = GoldGate(clipping, job, score)
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=job.rounds), strategy=gate)
     shares = 1.0 if job.n_sites <= 2 else 2 / 3
     workflow = (DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=shares))
                 if job.secagg else DefaultWorkflow())
     workflow(AuditedGrid(grid, out / MESSAGES_FILE), legacy)
     final = parameters_to_ndarrays(gate.current)
-    from crowdforge import io
-
     with io.atomic_path(out / RESULT_FILE) as tmp, tmp.open("wb") as fh:
         np.savez(fh, *final)
