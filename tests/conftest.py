@@ -44,6 +44,53 @@ def write_tiny_params(root: Path, backbone: Path) -> Path:
     return path
 
 
+def random_ensemble(backbone: Path, classes: tuple[str, ...] | list[str] = ("negative", "neutral", "positive"),
+                    seed: int = 0, perturb: float = 0.0, max_length: int = 16,
+                    names: tuple[str, str, str] = ("m0", "m1", "m2"),
+                    temperatures: tuple[float, float, float] = (0.7, 1.3, 1.0),
+                    meta: dict[str, Any] | None = None) -> Any:
+    """Three random heads (weights 0.2, 0.3, 0.5) over two copies of the tiny encoder: two share
+    ``shared``, the heaviest has ``own`` (its weights moved by ``perturb`` noise, so using the wrong
+    encoder shows)."""
+    import numpy as np
+    import torch
+
+    from crowdforge.modeling.classifier import load_encoder
+    from crowdforge.modeling.inference import Ensemble, Member
+
+    shared, tok = load_encoder(str(backbone))
+    own, _ = load_encoder(str(backbone))
+    if perturb:
+        with torch.no_grad():
+            for p in own.parameters():
+                p.add_(perturb * torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+    rng = np.random.default_rng(seed)
+    members = [Member(name=name, encoder=key, weight=rng.normal(size=(len(classes), 32)).astype(np.float32),
+                      bias=rng.normal(size=len(classes)).astype(np.float32), temperature=t, ensemble_weight=w,
+                      meta=dict(meta or {}))
+               for name, key, t, w in zip(names, ("shared", "shared", "own"), temperatures, (0.2, 0.3, 0.5),
+                                          strict=True)]
+    return Ensemble(list(classes), tok, {"shared": shared, "own": own}, members, max_length)
+
+
+def run_tiny_pipeline(root: Path, backbone: Path, stages: tuple[str, ...] | None = None) -> tuple[Any, Any]:
+    """Tiny params and demo data in ``root``, then ``stages`` in order (default every agent: ingest ..
+    register, no gate)."""
+    import importlib
+
+    from crowdforge.config import load_params
+    from crowdforge.paths import Paths
+    from crowdforge.simulate.demo import write_demo_data
+    from crowdforge.stages import AGENTS
+
+    params = load_params(write_tiny_params(root, backbone))
+    paths = Paths(root)
+    write_demo_data(paths, params)
+    for name in stages or AGENTS:
+        importlib.import_module(f"crowdforge.agents.{name}").run(params, paths)
+    return params, paths
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from crowdforge.modeling.backbone import make_tiny_backbone

@@ -302,6 +302,32 @@ def lineage(
 
 
 @app.command()
+def export(
+    version: Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to write: new, empty, or an earlier export.")],
+    license_: Annotated[str | None, typer.Option(
+        "--license", help="Hub licence id for the model card (default: the version's market.licence, "
+                          "else apache-2.0).")] = None,
+    language: Annotated[list[str] | None, typer.Option(
+        "--language", help="Language code for the model card; repeat for several (default: the version's "
+                           "market.language, else en).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """One model of a registered version as a Hugging Face folder (config, safetensors, tokenizer, model card)."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.registry.hf_export import ExportError, export_version
+
+    try:
+        out = export_version(p, paths, version, to, license_id=license_, language=language)
+    except ExportError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {out} (see its README.md); load it with "
+               "AutoModelForSequenceClassification.from_pretrained(..., trust_remote_code=True)")
+
+
+@app.command()
 def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
     file: Annotated[Path | None, typer.Option(
@@ -437,6 +463,108 @@ def schedule(
         typer.echo(f"serving {dep['name']} on {api_url} with {[s['cron'] for s in dep.get('schedules', [])]}")
         collaborative_training.serve(name=dep["name"], schedules=schedules, parameters=dep.get("parameters", {}),
                                      description=dep.get("description"))
+
+
+market_app = typer.Typer(no_args_is_help=True, help="Models as learnware: search the registry with your own texts, "
+                         "reuse what fits, export learnware packages.")
+app.add_typer(market_app, name="market")
+TextsOpt = Annotated[Path, typer.Option("--texts", help="Your unlabelled texts: .txt (one per line) or "
+                                        "CSV/Parquet/JSONL with a `text` column.")]
+ClassesOpt = Annotated[str | None, typer.Option("--classes", help="Classes you need, comma-separated (a,b,c).")]
+ZipsOpt = Annotated[Path | None, typer.Option("--zips", help="Also search the learnware zips in this folder.")]
+
+
+def _user_task(texts: Path, classes: str | None):
+    from crowdforge.market.search import user_task
+    from crowdforge.registry.predict import PredictError, read_texts
+
+    try:
+        return user_task(read_texts(texts), [c.strip() for c in classes.split(",") if c.strip()] if classes else None)
+    except (PredictError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@market_app.command("search")
+def market_search(
+    texts: TextsOpt,
+    classes: ClassesOpt = None,
+    top: Annotated[int, typer.Option("--top", help="Rows to show.")] = 10,
+    zips: ZipsOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """Rank every registered model (and learnware zips) by how close its training texts are to yours."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.market.search import market_entries, search, summary, table
+
+    user = _user_task(texts, classes)
+    entries, missing = market_entries(p, paths, zips)
+    matches, skipped = search(user, entries)
+    typer.echo(f"{len(user.texts)} texts, task {user.task}; {len(entries)} models with a specification, "
+               f"{len(matches)} compatible")
+    if matches:
+        typer.echo(table(matches, top))
+    for uri, why in list(skipped.items())[:top]:
+        typer.echo(f"left out {uri}: {why}")
+    if missing:
+        typer.echo(f"{len(missing)} registered versions have no specification (registered before it existed, or "
+                   f"with market.spec off): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    typer.echo(summary(matches, user))
+
+
+@market_app.command("export")
+def market_export(
+    version: Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")],
+    out: Annotated[Path, typer.Option("--out", help="The learnware zip to write.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Registered model name (default register.model_name).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """Write a registered version as a learnware zip (the learnware package's format, with its specification)."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.market.export import export_learnware
+
+    try:
+        path = export_learnware(p, paths, version, out, model)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@market_app.command("reuse")
+def market_reuse(
+    texts: TextsOpt,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the reused model, predictions.csv and reuse.json.")],
+    classes: ClassesOpt = None,
+    method: Annotated[str, typer.Option(
+        "--method", help="average | select (job selector: each text to the model whose specification fits it "
+                         "best) | prune (needs --labels: keep the models whose average scores best)")] = "average",
+    labels: Annotated[Path | None, typer.Option(
+        "--labels", help="A few labelled texts: CSV/Parquet/JSONL with `text` and `label`.")] = None,
+    top: Annotated[int, typer.Option("--top", help="Models to reuse, closest first.")] = 3,
+    register_as: Annotated[str | None, typer.Option(
+        "--register", help="Register the result under this model name (average and prune).")] = None,
+    zips: ZipsOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """Build a model for your texts from the closest registered models, without or with a few labels."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.market.reuse import reuse
+    from crowdforge.registry.predict import PredictError, read_labelled
+
+    user = _user_task(texts, classes)
+    try:
+        labelled = read_labelled(labels) if labels else None
+        record = reuse(p, paths, user, method, top, out.resolve(), labelled, zips, register_as)
+    except (PredictError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{record['method']} over {', '.join(record.get('kept', record['sources']))}; wrote {out}/"
+               + (f"; registered {record['registered']}" if record.get("registered") else ""))
 
 
 @app.command("dvc-yaml", hidden=True)

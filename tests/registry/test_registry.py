@@ -7,7 +7,6 @@ same predictions) make the gate's decisions deterministic.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -23,7 +22,6 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from crowdforge.config import load_params
 from crowdforge.paths import Paths
 from crowdforge.stages import BUILD_STAGES
 
@@ -54,16 +52,10 @@ def use_ensemble(paths: Paths, source: Path) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_backbone):
-    from conftest import write_tiny_params
-
-    from crowdforge.simulate.demo import write_demo_data
+    from conftest import run_tiny_pipeline
 
     root = tmp_path_factory.mktemp("registry")
-    params = load_params(write_tiny_params(root, tiny_backbone))
-    paths = Paths(root)
-    write_demo_data(paths, params)
-    for name in AGENTS:
-        importlib.import_module(f"crowdforge.agents.{name}").run(params, paths)
+    params, paths = run_tiny_pipeline(root, tiny_backbone, AGENTS)
     test = pd.read_parquet(paths.gold).query("split == 'test'")
     counts = test["label"].value_counts()
     assert counts.iloc[0] > counts.iloc[-1], "the tiny gold test split needs unequal class counts"

@@ -64,7 +64,7 @@ from crowdforge import io
 from crowdforge.config import Params
 from crowdforge.gold import gold_test, test_set_hash, text_key
 from crowdforge.metrics import evaluate, headline_metric, label_metrics
-from crowdforge.modeling.backbone import resolve_backbone
+from crowdforge.modeling.backbone import project_backbone
 from crowdforge.modeling.inference import Ensemble, Member, softmax
 from crowdforge.modeling.members import (
     ENCODER_DIR,
@@ -273,7 +273,7 @@ def build_ensemble(params: Params, paths: Paths) -> Ensemble:
         elif ref["kind"] == "pretrained":
             key, source = "pretrained", str(paths.pretrained)
         else:
-            key, source = "base", resolve_backbone(ref["name"])
+            key, source = "base", project_backbone(ref["name"], params, paths)
         if key not in encoders:
             encoders[key], tok = load_encoder(source)
             tokenizer = tokenizer or tok

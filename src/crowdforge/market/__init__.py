@@ -1,0 +1,1 @@
+"""Models as learnware: specifications, search, reuse and packages."""
