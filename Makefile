@@ -16,7 +16,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export PREFECT_HOME := $(abspath .crowdforge/prefect)
 
-.PHONY: setup run run-federated data lint test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning bench-runners bench-federated
+.PHONY: setup run run-federated data lint test repro ui prefect-ui schedule serve clean bench-aggregation bench-ingest bench-learning bench-runners bench-federated bench-market
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,9 @@ serve: setup  ## MLflow model server for models:/crowdforge@champion on http://1
 
 bench-federated: setup  ## SST-2 over 5 sites with label skew: centralised vs alone vs FedAvg, SecAgg+, DP, a malicious site, LoRA
 	python bench/federated.py
+
+bench-market: setup  ## a market of 9 crowd-trained models: search, data-free and few-label reuse (BENCHMARKS.md)
+	python bench/market.py
 
 bench-runners: setup  ## ensemble members serially, in threads and on a local Dask cluster
 	python bench/task_runners.py
