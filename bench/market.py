@@ -125,6 +125,9 @@ def split_domain(train: Any, held: Any, n_train: int, n_test: int, n_user: int, 
     """Disjoint slices: crowd texts, the pipeline's gold test, the user's unlabelled texts, a label pool."""
     train = train.sample(frac=1.0, random_state=seed).iloc[:n_train]
     held = held[~held["text"].isin(train["text"])].sample(frac=1.0, random_state=seed)
+    n_test = min(n_test, len(held) - n_user - max(SHOTS))  # a small set (weather) keeps its label pool
+    if n_test < 50:
+        raise SystemExit(f"only {len(held)} held-out texts: too few for a test split, a user task and labels")
     return {"train": train, "test": held.iloc[:n_test], "user": held.iloc[n_test:n_test + n_user],
             "pool": held.iloc[n_test + n_user:n_test + n_user + max(SHOTS)]}
 
@@ -382,6 +385,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--from-json", action="store_true", help="only re-render BENCHMARKS.md from the results file")
+    ap.add_argument("--fresh", action="store_true", help="forget earlier results (build skips the domains it has)")
     args = ap.parse_args()
     if args.from_json:
         write_section(markdown(json.loads(RESULTS.read_text())))
@@ -393,7 +397,7 @@ def main() -> int:
 
     configure_environment()
     args.work.mkdir(parents=True, exist_ok=True)
-    res = json.loads(RESULTS.read_text()) if RESULTS.exists() and "build" not in args.parts else {}
+    res = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.fresh else {}
     res.update({"command": "python bench/market.py " + " ".join(sys.argv[1:]),
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                 "date": time.strftime("%Y-%m-%d")})

@@ -126,7 +126,7 @@ def test_a_registered_model_is_a_backbone_to_fine_tune(project):
 
     params, paths = load_params(project / "params.yaml"), Paths(project)
     folder = registry_backbone("models:/crowdforge@challenger", params, paths)
-    ens = load_ensemble(next((paths.cache / "market" / "ensembles").glob("crowdforge-1")))
+    ens = load_ensemble(next((paths.cache / "market" / "ensembles").glob("crowdforge-1-*")))
     heaviest = max((m for m in ens.members if m.encoder), key=lambda m: m.ensemble_weight).encoder
     loaded = AutoModel.from_pretrained(folder)
     for (name, a), b in zip(loaded.state_dict().items(), ens.encoders[heaviest].state_dict().values(), strict=True):

@@ -136,6 +136,7 @@ class Entry:
     semantic: SemanticSpec
     rkme: Any
     stat: StatSpec
+    run_id: str = ""  # the registered version's MLflow run: a cache key that a re-registered name cannot reuse
 
     @property
     def uri(self) -> str:
@@ -170,7 +171,7 @@ def registry_entries(client: Any, cache: Path) -> tuple[list[Entry], list[str]]:
                 missing.append(f"models:/{rm.name}/{mv.version}")
                 continue
             rkme, stat = load_spec(spec_folder(mv.run_id, cache))
-            found.append(Entry("registry", rm.name, str(mv.version), semantic, rkme, stat))
+            found.append(Entry("registry", rm.name, str(mv.version), semantic, rkme, stat, mv.run_id))
     return found, missing
 
 

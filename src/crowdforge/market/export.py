@@ -40,7 +40,7 @@ def export_learnware(params: Any, paths: Any, version_ref: str, out_zip: Path, m
     folder = spec_folder(mv.run_id, cache / "specs")
     head = load_file(str(folder / HEAD_FILE)) if (folder / HEAD_FILE).exists() else None
     stat = StatSpec.from_json(json.loads((folder / SPEC_FILE).read_text()))
-    entry = Entry("registry", name, str(mv.version), semantic, None, stat)
+    entry = Entry("registry", name, str(mv.version), semantic, None, stat, mv.run_id)
     return write_learnware_zip(
         ensemble_dir(entry, cache), folder / RKME_FILE, json.loads((folder / SEMANTIC_FILE).read_text()), out_zip,
         embedding_head=(head["weight"], head["bias"]) if head else None,

@@ -36,8 +36,8 @@ METHODS = ("average", "select", "prune")
 
 def ensemble_dir(entry: Entry, cache: Path) -> Path:
     """The entry's ensemble folder on local disk (downloaded once per registered version)."""
-    if entry.source == "registry":
-        out = cache / "ensembles" / f"{entry.model}-{entry.version}"
+    if entry.source == "registry":  # the run id: a deleted and re-registered name gets new files
+        out = cache / "ensembles" / f"{entry.model}-{entry.version}-{entry.run_id}"
     else:
         import hashlib
 
@@ -248,9 +248,9 @@ def registry_backbone(uri: str, params: Any, paths: Any) -> str:
         raise ValueError(f"pretrain.backbone {uri!r}: expected models:/<name>/<version> or models:/<name>@<alias>")
     connect(params, paths)
     mv = resolve_version(MlflowClient(), name, ref)
-    out = paths.cache / "market" / "backbones" / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{mv.version}")
+    out = paths.cache / "market" / "backbones" / re.sub(r"[^A-Za-z0-9_.-]", "_", f"{name}-{mv.version}-{mv.run_id}")
     if not (out / "config.json").exists():
-        entry = Entry("registry", name, str(mv.version), None, None, None)
+        entry = Entry("registry", name, str(mv.version), None, None, None, mv.run_id)
         ens = load_ensemble(ensemble_dir(entry, paths.cache / "market"))
         encoders = [m for m in ens.members if m.encoder is not None]
         if not encoders or ens.tokenizer is None:
