@@ -342,25 +342,78 @@ def markdown(res: dict[str, Any]) -> str:
             lines.append(f"| {d} | {v['n_compatible']} | {pct(v['top1'])} | {pct(v['select_top3'])} "
                          f"| {pct(v['average_top3'])} | {pct(v['best_in_market'])} ({v['best_model']}) "
                          f"| {pct(v['average_all'])} |")
-        gaps = [v["best_in_market"] - v["select_top3"] for v in r.values()]
-        lines += ["", (f"Job selector vs best in market: mean gap {100 * mean(gaps):.1f} points, worst "
-                  f"{100 * max(gaps):.1f}; above the average of all on "
-                  f"{sum(v['select_top3'] > v['average_all'] for v in r.values())} of {len(r)} tasks.")]
+        multi = [v for v in r.values() if v["n_compatible"] > 1]
+        for key, what in (("average_top3", "Averaging the top 3 (`market reuse`'s default)"),
+                          ("select_top3", "The job selector")):
+            gaps = [v["best_in_market"] - v[key] for v in r.values()]
+            lines += ["", (f"{what} vs the best model in the market: mean gap {100 * mean(gaps):.1f} points, "
+                           f"worst {100 * max(gaps):.1f}, within 2 points on {sum(g <= 0.02 + 1e-9 for g in gaps)} "
+                           f"of {len(gaps)} tasks; above the average of all models on "
+                           f"{sum(v[key] > v['average_all'] for v in multi)} of the {len(multi)} tasks more than "
+                           "one model can serve.")]
     lab = res.get("labels", {})
     if lab:
         lines += ["", f"**With labels** (mean accuracy over {LABEL_DRAWS} label draws):", "",
                   "| task | labels | (a) reuse, pruned | (b) best match + new head | (c) base backbone + new head |",
                   "|---|---|---|---|---|"]
         for d, rows in lab.items():
-            for k, v in rows.items():
+            for k, v in sorted(rows.items(), key=lambda kv: int(kv[0])):
                 lines.append(f"| {d} | {k} | {pct(v['reuse_prune'])} | {pct(v['finetune_best_match'])} "
                              f"| {pct(v['base_backbone'])} |")
         gains = [max(v["100"]["reuse_prune"], v["100"]["finetune_best_match"]) - v["100"]["base_backbone"]
                  for v in lab.values()]
         lines += ["", (f"At 100 labels, the better of (a)/(b) minus (c): mean {100 * mean(gains):+.1f} points, "
                   f"smallest {100 * min(gains):+.1f}.")]
-    lines += ["", *res.get("notes", [])]
+    lines += ["", "Goals:", "", *goals(res), "", *NOTES]
     return "\n".join(lines) + "\n"
+
+
+NOTES = [
+    ("Notes. (b) is the best match's encoder (its heaviest member's), frozen, with a new logistic-regression "
+    "head on the labels; (c) the same on the packaged MiniLM: a cheap, fair stand-in for fine-tuning, not "
+    "`pretrain.backbone: models:/...` through the whole pipeline (that path is tested, not benchmarked). "
+    "Weather and MD-Agreement have one model with their classes each, so reuse there is that model. The demo "
+    "topics share sentence templates, so the best model in the market for a topic is often another topic's "
+    "(the food model is the best trained: 82 % on its own test split); the job selector sends almost every text "
+    "to the top match, so it scores like the top match. The weather model's test split is 100 tweets (half the "
+    "~1,000 tweets train it, the rest are the user's texts and labels). One build seed (0); MD-Agreement's "
+    "labels are the 5-annotator majority (no independent gold). The search's constants were fixed before this "
+    "run and not changed after it: the kernel bandwidth by the median heuristic, the 5 % novelty level, "
+    "'more than half' of the texts typical, at least 5 texts per reduced-set point."),
+]
+
+
+def goals(res: dict[str, Any]) -> list[str]:
+    """The issue's goals, judged from the rows."""
+    out = []
+    s, r, lab = res.get("search", {}), res.get("reuse", {}), res.get("labels", {})
+    if s:
+        ins = [v for v in s.values() if v["in_domain"]]
+        outs = [v for v in s.values() if not v["in_domain"]]
+        share = sum(v["right"] for v in ins) / len(ins)
+        flagged = all(not v["suitable"] for v in outs)
+        out.append(f"- top-1 retrieval on at least 90 % of in-domain tasks: {'met' if share >= 0.9 else 'not met'} "
+                   f"({100 * share:.0f} %); every out-of-domain task flagged: {'met' if flagged else 'not met'}")
+    if r:
+        gaps = [v["best_in_market"] - v["average_top3"] for v in r.values()]
+        above = [v["average_top3"] > v["average_all"] for v in r.values() if v["n_compatible"] > 1]
+        ok = all(g <= 0.02 + 1e-9 for g in gaps) and all(above)
+        within = sum(g <= 0.02 + 1e-9 for g in gaps)
+        out.append(f"- data-free reuse (the default, averaging) within 2 points of the best model and above the "
+                   f"average of all: {'met' if ok else 'not met'} (within 2 on {within} of {len(gaps)}, worst gap "
+                   f"{100 * max(gaps):.1f}; above the average on {sum(above)} of {len(above)})")
+    if lab:
+        gains = {d: max(v["100"]["reuse_prune"], v["100"]["finetune_best_match"]) - v["100"]["base_backbone"]
+                 for d, v in lab.items()}
+        short = [f"{d} {100 * g:+.1f}" for d, g in gains.items() if g < 0.05]
+        out.append(f"- with 100 labels, reuse or the match at least 5 points above the base backbone: "
+                   f"{'met' if not short else 'not met'} ({len(gains) - len(short)} of {len(gains)} tasks"
+                   + (f"; short: {', '.join(short)})" if short else ")"))
+    if res.get("search_100_models_seconds") is not None:
+        out.append(f"- search over 100 registered models under 10 s after the first import: "
+                   f"{'met' if res['search_100_models_seconds'] < 10 else 'not met'} "
+                   f"({res['search_100_models_seconds']} s)")
+    return out
 
 
 def write_section(md: str, path: Path = ROOT / "BENCHMARKS.md") -> None:

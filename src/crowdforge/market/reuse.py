@@ -170,6 +170,8 @@ def reuse(params: Any, paths: Any, user: Any, method: str, top: int, out: Path,
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
     if method == "prune" and not labelled:
         raise ValueError("--method prune needs --labels (a CSV/Parquet with `text` and `label`)")
+    if method == "select" and register_as:
+        raise ValueError("a job selector's routing is not an ensemble folder: register average or prune results")
     entries, _ = market_entries(params, paths, zips)
     matches = [m for m in search(user, entries)[0] if m.suitable]
     if not matches:
@@ -201,8 +203,6 @@ def reuse(params: Any, paths: Any, user: Any, method: str, top: int, out: Path,
                          "confidence": p.max(1), **{f"prob_{c}": p[:, j] for j, c in enumerate(classes)}})
     io.write_text(out / "predictions.csv", pred.to_csv(index=False))
     if register_as:
-        if method == "select":
-            raise ValueError("a job selector's routing is not an ensemble folder: register average or prune results")
         record["registered"] = register_reused(params, paths, out / "ensemble", classes, register_as, record)
     io.write_json(out / "reuse.json", record)
     return record
