@@ -75,3 +75,9 @@ def test_cli_refuses_bad_params_with_one_error_line_before_any_stage(tmp_path, s
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "reports").exists()  # no stage ran
+
+
+def test_market_tags_are_checked_against_the_learnware_package_at_load():
+    with pytest.raises(ParamsError, match=r"market\.scenario = 'Movies': .*Scenario values: Business"):
+        parse_params({"market": {"scenario": "Movies"}})
+    assert parse_params({"market": {"licence": "mit", "scenario": "internet"}}).market.licence == "MIT"

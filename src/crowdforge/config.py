@@ -290,6 +290,14 @@ class MarketParams:
     spec_points: PositiveInt = _f(100, "reduced-set points of the RKME (more: closer summary, larger spec)")
     seed: int = _f(0, "the text sample's and the k-means seed")
 
+    @field_validator("scenario", "licence")
+    @classmethod
+    def _learnware_value(cls, value: str, info: Any) -> str:
+        """Checked at load against the installed learnware package, not when register runs."""
+        from crowdforge.market.learnware_package import allowed_value
+
+        return allowed_value({"scenario": "Scenario", "licence": "License"}[info.field_name], value, "")
+
 
 @dataclass(frozen=True, config=_CONFIG)
 class PromoteParams:

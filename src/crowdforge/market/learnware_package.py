@@ -209,9 +209,15 @@ def _allowed(config: dict[str, Any], key: str, value: str, field_name: str) -> s
     allowed = config[key]["Values"]
     match = {v.lower(): v for v in allowed}.get(str(value).strip().lower())
     if match is None:
-        raise ValueError(f"{field_name}: {value!r} is not one of the learnware package's {key} values: "
-                         f"{', '.join(allowed)}")
+        raise ValueError(f"{field_name + ': ' if field_name else ''}{value!r} is not one of the learnware "
+                         f"package's {key} values: {', '.join(allowed)}")
     return match
+
+
+def allowed_value(key: str, value: str, field_name: str) -> str:
+    """``value`` as the installed package spells its ``key`` values (``Scenario``, ``License``, ...), or a
+    ValueError naming ``field_name`` and the allowed values (what params.yaml checks at load)."""
+    return _allowed(_semantic_config(), key, value, field_name)
 
 
 # --- the semantic specification ----------------------------------------------------------------
