@@ -31,13 +31,19 @@ def tiny_overrides(backbone: Path) -> dict[str, Any]:
                                  {"name": "partial-1", "strategy": "partial", "seed": 2,
                                   "unfreeze_layers": 1, "max_epochs": 1}]},
         "runtime": {"torch_threads": 1},
+        # the specification (an RKME over MiniLM embeddings, the learnware import) is tested with a real
+        # registry in tests/market/test_market_commands.py; the other pipelines skip its cost
+        "market": {"spec": False},
     }
 
 
-def write_tiny_params(root: Path, backbone: Path) -> Path:
-    """The project's params.yaml with the tiny overrides merged in, written to ``root``."""
+def write_tiny_params(root: Path, backbone: Path, extra: dict[str, dict[str, Any]] | None = None) -> Path:
+    """The project's params.yaml with the tiny overrides (and ``extra`` sections) merged in, written to ``root``."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in tiny_overrides(backbone).items():
+    sections = tiny_overrides(backbone)
+    for section, values in (extra or {}).items():
+        sections[section] = {**sections.get(section, {}), **values}
+    for section, values in sections.items():
         raw[section] = {**raw.get(section, {}), **values}
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -73,9 +79,10 @@ def random_ensemble(backbone: Path, classes: tuple[str, ...] | list[str] = ("neg
     return Ensemble(list(classes), tok, {"shared": shared, "own": own}, members, max_length)
 
 
-def run_tiny_pipeline(root: Path, backbone: Path, stages: tuple[str, ...] | None = None) -> tuple[Any, Any]:
-    """Tiny params and demo data in ``root``, then ``stages`` in order (default every agent: ingest ..
-    register, no gate)."""
+def run_tiny_pipeline(root: Path, backbone: Path, stages: tuple[str, ...] | None = None,
+                      extra: dict[str, dict[str, Any]] | None = None) -> tuple[Any, Any]:
+    """Tiny params (plus ``extra`` sections) and demo data in ``root``, then ``stages`` in order (default
+    every agent: ingest .. register, no gate)."""
     import importlib
 
     from crowdforge.config import load_params
@@ -83,7 +90,7 @@ def run_tiny_pipeline(root: Path, backbone: Path, stages: tuple[str, ...] | None
     from crowdforge.simulate.demo import write_demo_data
     from crowdforge.stages import AGENTS
 
-    params = load_params(write_tiny_params(root, backbone))
+    params = load_params(write_tiny_params(root, backbone, extra))
     paths = Paths(root)
     write_demo_data(paths, params)
     for name in stages or AGENTS:

@@ -24,7 +24,7 @@ def project(tmp_path_factory, tiny_backbone):
     from conftest import run_tiny_pipeline
 
     root = tmp_path_factory.mktemp("market")
-    run_tiny_pipeline(root, tiny_backbone)
+    run_tiny_pipeline(root, tiny_backbone, extra={"market": {"spec": True}})
     return root
 
 
