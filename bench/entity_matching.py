@@ -405,6 +405,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None,
                     help="results file (default .crowdforge/bench/entity_matching.json)")
     ap.add_argument("--benchmarks", type=Path, default=None, help="the BENCHMARKS.md to update (default the project's)")
+    ap.add_argument("--work", type=Path, default=None,
+                    help="keep the projects in this folder for inspection (default a temporary folder, removed)")
     ap.add_argument("--crowdforge-only", action="store_true",
                     help="run (c) alone, not (a) and (b) (ablations of (c); implies --no-write)")
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md")
@@ -473,7 +475,8 @@ def main() -> int:
         write_json(res, args.json)
 
     with tempfile.TemporaryDirectory(prefix="bench-em-") as tmp:
-        work = Path(tmp)
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         for name in sets:
             try:
                 run_set(name, args, work, overrides, res, save)

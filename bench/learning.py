@@ -214,8 +214,11 @@ def single_member(params: Any, root: Path, item_labels: dict[str, str], label_so
     partial = [m for m in params.finetune.members if m.strategy == "partial"][:1]
     pair_members = [m for m in params.finetune.members if strategy(m.strategy).pairs_only]
     chosen = tuple(partial + pair_members) or params.finetune.members[:1]
-    p = replace(params, finetune=replace(params.finetune, members=chosen),
-                ensemble=replace(params.ensemble, calibrate=False))
+    # the given hard labels are the truth to learn (gold or majority vote): the crowd's own labels must
+    # not re-enter through the refinement's contributor re-estimation
+    p = replace(params, finetune=replace(params.finetune, members=chosen, refine_workers=False),
+                # the arg-max of its class-balanced members decides, as it always has
+                ensemble=replace(params.ensemble, calibrate=False, decision="argmax"))
     out = run_agents(p, root, ["finetune", "ensemble"])
     rep = out["ensemble"]["report"]
     return {"label_source": label_source, "label_accuracy": None, "member": "+".join(m.name for m in chosen),

@@ -7,7 +7,8 @@ stages run; then the soft labels are refined as the finetune agent does
 (``crowdforge.agents.finetune.refine``) with 0 rounds (the reputation stage's labels), 2 rounds (the
 default for single texts) and to convergence (``finetune.refine_rounds: converge``, the default on
 pair tasks: at most ``refine_max_rounds``, until a round moves the labels by less than
-``refine_tol``), with the default C and with ``refine_c: auto``, and with small-loss sample selection
+``refine_tol``), with the contributors kept or re-estimated (``refine_workers``), with the default C and with
+``refine_c: auto``, and with small-loss sample selection
 (``finetune.sample_selection``) on top; on the pair sets also the true labels, the ceiling.
 Reported: the accuracy of the training labels against the truth and, on the pair
 sets, the match F1 of a ``pair_features`` member trained on them, scored on the literature VALID
@@ -37,13 +38,17 @@ import learning
 from report_files import write_json, write_section
 
 SECTION = "## Label refinement (bench/refinement.py)"
-# (label, rounds: 0 / a number / None = to convergence, refine_c, small-loss sample selection on top)
-VARIANTS = (("reputation labels (no refinement)", 0, 0.1, False),
-            ("2 rounds (the default on single texts)", 2, 0.1, False), ("2 rounds, refine_c auto", 2, "auto", False),
-            ("to convergence (the default on pairs)", None, 0.1, False),
-            ("to convergence, refine_c auto", None, "auto", False),
-            ("2 rounds, refine_c auto + small-loss selection", 2, "auto", True),
-            ("to convergence, refine_c auto + small-loss selection", None, "auto", True))
+# (label, rounds: 0 / a number / None = to convergence, refine_c, small-loss sample selection on top,
+#  refine_workers: contributors' confusion matrices re-estimated every round)
+VARIANTS = (("reputation labels (no refinement)", 0, 0.1, False, False),
+            ("2 rounds, contributors kept", 2, 0.1, False, False),
+            ("2 rounds, contributors re-estimated (the default on single texts)", 2, 0.1, False, True),
+            ("2 rounds, refine_c auto", 2, "auto", False, False),
+            ("to convergence, contributors kept", None, 0.1, False, False),
+            ("to convergence, contributors re-estimated (the default on pairs)", None, 0.1, False, True),
+            ("to convergence, refine_c auto", None, "auto", False, False),
+            ("2 rounds, refine_c auto + small-loss selection", 2, "auto", True, False),
+            ("to convergence, refine_c auto + small-loss selection", None, "auto", True, False))
 
 
 def prepare(name: str, raw: Path, work: Path, seed: int) -> tuple[list[str], dict[str, str], dict[str, Any]]:
@@ -92,14 +97,14 @@ def measure(name: str, work: Path, seed: int, threads: int) -> dict[str, Any]:
                                                                                                      "auto"))
         return float(f1_score(v_y, model.predict_proba(v_texts).argmax(1)))
 
-    for label, rounds, c_reg, select in VARIANTS:
+    for label, rounds, c_reg, select, workers in VARIANTS:
         t0 = time.perf_counter()
         weights = w
         if rounds == 0:
             r, trace = q, []
         else:  # as finetune.train_member: the weight follows the refined confidence
             ft = dataclasses.replace(params.finetune, refine_rounds="converge" if rounds is None else rounds,
-                                     refine_c=c_reg)
+                                     refine_c=c_reg, refine_workers=workers)
             r, trace, p_oof, c_chosen, _ = refine(dataclasses.replace(params, finetune=ft), paths, backbone, texts, q,
                                                   w, ft.seed)
             weights = w / np.clip(q.max(1), 1e-12, None) * r.max(1)
@@ -142,6 +147,10 @@ def markdown(res: dict[str, Any]) -> str:
               "the selection column gives the share of wrong / right training labels weighted below one half."), "",
              ("C: the logistic regression's inverse regularisation, 0.1 by default; `refine_c: auto` picks it "
               "from 0.01-3 by the held-out likelihood of the crowd labels."), "",
+             ("Contributors kept: the reputation stage's posteriors stay the crowd's evidence in every round; "
+              "re-estimated (`finetune.refine_workers`, the default): every round re-estimates each "
+              "contributor's confusion matrix from the refined labels and the gold checks (Raykar et al. 2010)."),
+             "",
              ("| set | labels | rounds | C | label accuracy % | selection: wrong / right below 1/2 % | "
               "pair member valid match F1 % | seconds |"),
              "|---|---|---|---|---|---|---|---|"]

@@ -167,6 +167,9 @@ class FinetuneParams:
     refine_c: Annotated[float, Field(gt=0)] | Literal["auto"] = _f(
         0.1, "inverse regularisation of the refinement's logistic regression; auto: the value of 0.01-3 whose "
              "out-of-fold predictions give the crowd labels the highest likelihood")
+    refine_workers: StrictBool = _f(True, "re-estimate each contributor's confusion matrix from the refined "
+                                          "labels every round (Raykar et al.'s whole EM) instead of keeping the "
+                                          "reputation stage's posteriors as the crowd's evidence")
     refine_per_member: StrictBool = _f(False, "draw the refinement's folds anew for every member (members see "
                                               "differently refined labels) instead of one refinement for all")
     sample_selection: Literal["none", "small_loss"] = _f(
@@ -217,6 +220,12 @@ class EnsembleParams:
     distill_epochs: PositiveInt = _f(3, "the student's epochs")
     distill_unlabeled: StrictBool = _f(True, "the student also learns the teacher's labels on the unlabelled corpus")
     distill_temperature: float = _f(2.0, "softens the teacher's probabilities (Hinton et al. 2015)", gt=0)
+    decision: Literal["auto", "unlabelled", "gold_checks", "argmax"] = _f(
+        "auto", "imbalanced classes: the decision threshold maximises expected macro-F1 on unlabelled texts "
+        "(unlabelled), or macro-F1 on the gold checks if cross-validation there says it helps (gold_checks); "
+        "auto: unlabelled when the corpus has decision_pool_min texts, else gold_checks")
+    decision_pool: PositiveInt = _f(1000, "at most this many unlabelled corpus texts (seeded sample) are scored")
+    decision_pool_min: PositiveInt = _f(200, "fewer unlabelled texts than this: auto uses the gold checks")
 
 
 @dataclass(frozen=True, config=_CONFIG)

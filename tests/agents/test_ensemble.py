@@ -241,6 +241,53 @@ def test_decision_bias_is_dropped_when_cross_validation_does_not_support_it() ->
     assert ensemble.checked_decision_bias(np.c_[1 - p1, p1], y, 2)[1] > 0
 
 
+def test_expected_f1_threshold_needs_no_labels_and_finds_the_rare_class() -> None:
+    # calibrated probabilities (labels drawn from them) whose rare class never reaches 0.5
+    rng = np.random.default_rng(2)
+    p1 = np.where(rng.random(3000) < 0.12, rng.uniform(0.2, 0.45, 3000), rng.uniform(0.0, 0.1, 3000))
+    probs = np.c_[1 - p1, p1]
+    y = (rng.random(3000) < p1).astype(int)
+    b = ensemble.expected_f1_decision_bias(probs)  # sees no label
+    decided = (np.log(probs) + b).argmax(1)
+    best = (np.log(probs) + ensemble.fit_decision_bias(probs, y, 2)).argmax(1)  # fitted on the labels
+    assert b[1] > 0 and label_f1(y, decided) > label_f1(y, probs.argmax(1)) + 0.15
+    assert label_f1(y, decided) > label_f1(y, best) - 0.02
+    assert ensemble.expected_macro_f1(probs, decided) == pytest.approx(label_f1(y, decided), abs=0.03)
+
+
+def test_decision_pool_leaves_out_held_out_texts_and_is_seeded() -> None:
+    corpus = [f"text {i}" for i in range(50)] + ["Held out", "seen in training"]
+    pool = ensemble.decision_pool(corpus, ["held out", "SEEN in training"], size=20, seed=3)
+    assert len(pool) == 20 and not {"Held out", "seen in training"} & set(pool)
+    assert pool == ensemble.decision_pool(corpus, ["held out", "seen in training"], size=20, seed=3)
+
+
+def test_decision_rule_prefers_unlabelled_text_on_imbalanced_classes(built, tmp_path: Path) -> None:
+    params, built_paths, _ = built
+    paths = Paths(tmp_path)
+    shutil.copytree(built_paths.root, tmp_path, dirs_exist_ok=True)
+    ens = ensemble.build_ensemble(params, paths)
+    v_texts = pd.read_parquet(paths.valid)["text"].astype(str).tolist()
+    logits = ens.member_logits(v_texts)
+    y = np.zeros(len(v_texts), int)
+    y[:4] = 2  # imbalanced gold checks: 4 of 60
+    gold = np.ones(len(y), bool)
+    training = pd.read_parquet(paths.train)["text"].astype(str).tolist()
+    corpus = [f"unlabelled text number {i}" for i in range(240)] + training[:30]
+    io.write_parquet(paths.unlabeled, pd.DataFrame({"text": corpus}))
+    small = parse_params(params.to_dict(), {"ensemble.decision_pool": 100, "ensemble.decision_pool_min": 50})
+    info = ensemble.choose_decision(small, paths, ens, logits, y, gold, v_texts)
+    assert info == {"rule": "expected_f1_unlabelled", "pool": 100}
+    gold_only = parse_params(params.to_dict(), {"ensemble.decision": "gold_checks"})
+    assert ensemble.choose_decision(gold_only, paths, ens, logits, y, gold, v_texts)["rule"] == "gold_checks"
+    strict = parse_params(params.to_dict(), {"ensemble.decision": "unlabelled",
+                                                "ensemble.decision_pool_min": 250})
+    with pytest.raises(ValueError, match="at least 250 unlabelled texts.*found 240"):
+        ensemble.choose_decision(strict, paths, ens, logits, y, gold, v_texts)  # training texts do not count
+    balanced = np.arange(len(y)) % 3
+    assert ensemble.choose_decision(small, paths, ens, logits, balanced, gold, v_texts)["rule"] == "argmax"
+
+
 PAIR_MEMBERS = [{"name": "head-a", "strategy": "head", "seed": 1},
                 {"name": "pair-similarity", "strategy": "pair_features", "seed": 2}]
 

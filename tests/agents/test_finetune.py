@@ -32,7 +32,9 @@ def trained(tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory):
     paths = Paths(tmp_path_factory.mktemp("finetune"))
     write_toy_blackboard(paths, n_train=150, n_valid=60)
     paths.gold.unlink()  # no training step may need the gold test split
-    params = tiny_params(tiny_backbone)
+    # the toy's soft labels are set by hand, not a crowd model's posterior of its one contributor's
+    # labels: they stay the crowd's evidence (re-estimating that contributor softens them to 0.85)
+    params = tiny_params(tiny_backbone, refine_workers=False)
     return params, paths, finetune.run(params, paths)
 
 
@@ -135,7 +137,8 @@ def test_contributor_bootstrap_member_trains(trained, tiny_backbone: Path) -> No
     _, paths, _ = trained
     train = pd.read_parquet(paths.train)
     contributors = [f"c{i % 7}" for i in range(len(train))]
-    cio.write_parquet(paths.accepted, pd.DataFrame({"contributor_id": contributors, "item_id": train["item_id"]}))
+    cio.write_parquet(paths.accepted, pd.DataFrame({"contributor_id": contributors, "item_id": train["item_id"],
+                                                 "label": train["label"]}))
     params = tiny_params(tiny_backbone, members=[{"name": "boot-c", "strategy": "head", "seed": 9, "bootstrap": True,
                                                   "bootstrap_unit": "contributor"}])
     info = finetune.train_member(params, paths, "boot-c")
@@ -244,3 +247,30 @@ def test_per_member_refinement_selection_and_consistency(tiny_backbone: Path, tm
     assert weak and len(weak) == len(strong) and not forbidden & set(weak)
     assert set(weak) <= set(pd.read_parquet(paths.unlabeled)["text"])
     assert sum(a != b for a, b in zip(weak, strong)) > len(weak) // 2  # the strong view is augmented
+
+
+def test_refinement_re_estimates_the_contributors_from_the_accepted_labels(tiny_backbone: Path,
+                                                                          tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from crowdforge.modeling.members import load_split
+
+    paths = Paths(tmp_path)
+    write_toy_blackboard(paths, n_train=90, n_valid=30)
+    train = pd.read_parquet(paths.train)
+    other = {"negative": "positive", "neutral": "negative", "positive": "neutral"}
+    rows = [(c, i, lbl if c != "adversary" else other[lbl]) for i, lbl in zip(train["item_id"], train["label"])
+            for c in ("honest-1", "honest-2", "adversary")]
+    io.write_parquet(paths.accepted, pd.DataFrame(rows, columns=["contributor_id", "item_id", "label"]))
+    head = [{"name": "head-a", "strategy": "head", "seed": 1}]
+    refined = {}
+    for workers, record in ((True, "re-estimated"), (False, "kept")):
+        params = tiny_params(tiny_backbone, members=head, refine_workers=workers)
+        info = finetune.train_member(params, paths, "head-a")
+        assert info["label_refinement"]["contributors"] == record
+        texts, q, w, y = load_split(paths.train, list(params.data.classes))
+        refined[workers] = finetune.refine(params, paths, str(tiny_backbone), texts, q, w, 0).r
+    assert not np.allclose(refined[True], refined[False])  # the accepted labels entered
+    assert (refined[True].argmax(1) == y).mean() >= (refined[False].argmax(1) == y).mean()
+    assert refined[True].max(1).mean() > refined[False].max(1).mean()  # two honest contributors of three

@@ -3,9 +3,17 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from crowdforge.modeling.refine import out_of_fold_probs, refine_soft_labels
+from crowdforge.modeling.refine import (
+    CrowdLabels,
+    crowd_labels,
+    item_log_likelihood,
+    out_of_fold_probs,
+    refine_soft_labels,
+    worker_confusions,
+)
 
 
 def _crowd(n: int = 600, seed: int = 0):
@@ -95,3 +103,47 @@ def test_regularisation_is_chosen_by_the_crowds_held_out_likelihood() -> None:
     # a classifier that knows nothing (the prior) scores 0; one that agrees with the labels scores above
     assert crowd_log_likelihood(np.tile(q.mean(0), (len(q), 1)), q) == pytest.approx(0.0, abs=1e-9)
     assert crowd_log_likelihood(q, q) > 0
+
+
+def _adversarial_crowd(n: int = 800, seed: int = 0):
+    """A rare class (15 %), 30 contributors (a fifth of them adversaries who answer the other class
+    80 % of the time), 3 labels per item, and soft labels from a crowd model that trusts everyone
+    alike: the kind of posterior that re-estimating the contributors can correct."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.15).astype(int)
+    x = rng.normal(0, 1, (n, 8)) + 1.5 * (2 * y - 1)[:, None] * np.eye(8)[0]
+    accuracy = np.where(np.arange(30) < 6, 0.2, rng.uniform(0.7, 0.9, 30))
+    item = np.repeat(np.arange(n), 3)
+    worker = np.concatenate([rng.choice(30, 3, replace=False) for _ in range(n)])
+    label = np.where(rng.random(3 * n) < accuracy[worker], y[item], 1 - y[item])
+    votes = np.zeros((n, 2))
+    np.add.at(votes, (item, label), 1.0)
+    log_q = np.log([0.85, 0.15]) + votes * np.log(0.7) + votes[:, ::-1] * np.log(0.3)
+    q = np.exp(log_q - log_q.max(1, keepdims=True))
+    return x, q / q.sum(1, keepdims=True), y, CrowdLabels(item, worker, label, np.full(3 * n, -1))
+
+
+def test_re_estimating_contributors_finds_the_adversaries_a_naive_crowd_model_trusted() -> None:
+    x, q, y, crowd = _adversarial_crowd()
+    groups = [f"i{i:04d}" for i in range(len(y))]  # sorted: the crowd's item codes index them
+    w = np.ones(len(y))
+    kept = refine_soft_labels(x, q, w, groups, rounds=20, folds=5, seed=0, tol=1e-3)
+    moved = refine_soft_labels(x, q, w, groups, rounds=20, folds=5, seed=0, tol=1e-3, crowd=crowd)
+    assert (moved.argmax(1) != y).sum() < 0.75 * (kept.argmax(1) != y).sum()  # a quarter of the errors gone
+    pi = worker_confusions(crowd, moved)
+    assert (np.diagonal(pi[:6], axis1=1, axis2=2).mean(1) < 0.5).all()  # the adversaries are seen as such
+    assert (np.diagonal(pi[6:], axis1=1, axis2=2).mean(1) > 0.5).all()
+
+
+def test_crowd_labels_keep_training_items_and_gold_checks_only() -> None:
+    labels = pd.DataFrame({"contributor_id": ["a", "b", "a", "b", "c"],
+                           "item_id": ["t2", "t1", "chk", "test9", "t2"],
+                           "label": ["pos", "neg", "neg", "pos", "pos"]})
+    crowd = crowd_labels(labels, ["t2", "t1", "t2"], ["neg", "pos"], {"chk": "pos"})
+    assert crowd.item.tolist() == [1, 0, -1, 1]  # t1 -> 0, t2 -> 1 (sorted); the test item's label is gone
+    assert crowd.truth.tolist() == [-1, -1, 1, -1] and crowd.label.tolist() == [1, 0, 0, 1]
+    # contributor a called the gold check (truly pos) neg: its confusion says so
+    pi = worker_confusions(crowd, np.array([[0.9, 0.1], [0.2, 0.8]]), pseudo_count=0.0)
+    assert pi[0, 1].tolist() == pytest.approx([1 / 1.8, 0.8 / 1.8])
+    log_l = item_log_likelihood(crowd, np.full((3, 2, 2), 0.5), 2)
+    assert log_l.shape == (2, 2) and log_l[1].tolist() == pytest.approx([2 * np.log(0.5)] * 2)

@@ -14,13 +14,22 @@ replaces the class prior. To keep an item's own (noisy) label from vouching for 
 on the other folds (grouped by source item, so augmented copies stay with their original).
 Repeating with the refined labels as targets is one more EM round (how much it lifts the training
 labels' accuracy is in BENCHMARKS.md, learning).
+
+With the crowd's own labels (:class:`CrowdLabels`) the refinement is Raykar et al.'s whole EM: each
+round also re-estimates every contributor's confusion matrix from the refined labels (the M-step,
+Dawid & Skene 1979, with one pseudo-count per cell and the gold checks' expert labels as known
+truths) and recomputes ``L_i`` from them. The reputation stage estimated those matrices with only
+the crowd as evidence; on a rare class, where a contributor has labelled a handful of its items,
+the text's evidence corrects them (BENCHMARKS.md, label refinement).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 
 from crowdforge.progress import track
 
@@ -75,11 +84,59 @@ def choose_regularisation(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: S
     return max(scores, key=lambda c: scores[c]), scores
 
 
+class CrowdLabels(NamedTuple):
+    """The crowd's labels of the refined items, as codes: label ``j`` says contributor ``worker[j]``
+    gave class ``label[j]`` to item ``item[j]`` (an index into the refined items' groups), or, with
+    ``item[j] == -1``, to an item outside them whose expert label ``truth[j]`` is known (a gold check)."""
+
+    item: np.ndarray
+    worker: np.ndarray
+    label: np.ndarray
+    truth: np.ndarray
+
+
+def crowd_labels(labels: pd.DataFrame, groups: Sequence[str], classes: Sequence[str],
+                 checks: Mapping[str, str]) -> CrowdLabels:
+    """:class:`CrowdLabels` from a frame of ``contributor_id, item_id, label`` rows: the rows on the
+    refined ``groups`` (item ids) and on gold ``checks`` (item id -> expert label); other rows (gold
+    test items among them) are left out."""
+    index = {g: i for i, g in enumerate(np.unique(np.asarray(groups, dtype=str)))}
+    cls = {c: i for i, c in enumerate(classes)}
+    df = labels.astype({"item_id": str, "label": str, "contributor_id": str})
+    df = df[(df["item_id"].isin(index) | df["item_id"].isin(checks)) & df["label"].isin(cls)]
+    item = df["item_id"].map(index).fillna(-1).astype(int).to_numpy()
+    truth = df["item_id"].map(checks).map(cls).fillna(-1).astype(int).to_numpy()
+    return CrowdLabels(item, np.unique(df["contributor_id"].to_numpy(), return_inverse=True)[1].astype(int),
+                       df["label"].map(cls).to_numpy(dtype=int), np.where(item >= 0, -1, truth))
+
+
+def worker_confusions(crowd: CrowdLabels, r_items: np.ndarray, pseudo_count: float = 1.0) -> np.ndarray:
+    """``pi[w, true, given]``: each contributor's confusion matrix, from the soft truth ``r_items`` of
+    the refined items and the known truth of gold checks, plus ``pseudo_count`` in every cell."""
+    k = r_items.shape[1]
+    n_workers = int(crowd.worker.max()) + 1 if len(crowd.worker) else 0
+    known = crowd.item < 0
+    truth = np.where(known[:, None], np.eye(k)[np.clip(crowd.truth, 0, k - 1)], r_items[np.clip(crowd.item, 0, None)])
+    counts = np.full((n_workers, k, k), pseudo_count)
+    np.add.at(counts, (crowd.worker, slice(None), crowd.label), truth)
+    return counts / counts.sum(2, keepdims=True)
+
+
+def item_log_likelihood(crowd: CrowdLabels, pi: np.ndarray, n_items: int) -> np.ndarray:
+    """``log L_i(c) = sum over item i's labels of log pi[w, c, given]`` (labels independent given the truth)."""
+    out = np.zeros((n_items, pi.shape[1]))
+    mine = crowd.item >= 0
+    np.add.at(out, crowd.item[mine], np.log(pi[crowd.worker[mine], :, crowd.label[mine]]))
+    return out
+
+
 def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], rounds: int = 2,
                        folds: int = 5, seed: int = 0, tol: float | None = None,
                        trace: list[float] | None = None, oof: list[np.ndarray] | None = None,
-                       c_reg: float = 0.1) -> np.ndarray:
-    """EM rounds of ``r_i ∝ p_oof(c | x_i) q_i(c) / pi(c)`` (``pi`` = mean of ``q``).
+                       c_reg: float = 0.1, crowd: CrowdLabels | None = None) -> np.ndarray:
+    """EM rounds of ``r_i ∝ p_oof(c | x_i) q_i(c) / pi(c)`` (``pi`` = mean of ``q``), or, given the
+    ``crowd``'s labels (``crowd.item`` indexes the sorted distinct ``groups``), of
+    ``r_i ∝ p_oof(c | x_i) L_i(c)`` with ``L_i`` from confusion matrices re-estimated from ``r`` each round.
 
     ``tol`` None: exactly ``rounds`` rounds, the folds drawn anew each round. ``tol`` given: the folds
     stay the same in every round, so the rounds iterate one map to its fixed point, and they stop
@@ -94,14 +151,22 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
     if rounds <= 0 or len(set(groups)) < 2:
         return q
     prior = np.clip(q.mean(0), 1e-6, None)
-    likelihood = q / prior  # L_i(c) up to a constant per item
+    log_likelihood = np.log(np.clip(q / prior, 1e-300, None))  # log L_i(c) up to a constant per item
+    group_names, group_of_row = np.unique(np.asarray(groups), return_inverse=True)
     r = q
     with track(rounds, f"label refinement ({folds} folds per round, at most {rounds} rounds)") as advance:
         for step in range(rounds):
             p = out_of_fold_probs(np.asarray(x, dtype=np.float64), r, np.asarray(w, dtype=np.float64), groups,
                                   folds, seed if tol is not None else seed + step, c_reg)
-            new = p * likelihood
-            new = new / np.clip(new.sum(1, keepdims=True), 1e-12, None)
+            if crowd is not None:  # M-step for the contributors, from the current labels (mean over a group's rows)
+                r_items = np.zeros((len(group_names), q.shape[1]))
+                np.add.at(r_items, group_of_row, r)
+                r_items /= np.clip(r_items.sum(1, keepdims=True), 1e-12, None)
+                log_likelihood = item_log_likelihood(crowd, worker_confusions(crowd, r_items),
+                                                     len(group_names))[group_of_row]
+            new = np.log(np.clip(p, 1e-300, None)) + log_likelihood
+            new = np.exp(new - new.max(1, keepdims=True))
+            new = new / new.sum(1, keepdims=True)
             change = float(np.abs(new - r).mean())
             r = new
             advance()
