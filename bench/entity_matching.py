@@ -324,9 +324,10 @@ def markdown(res: dict[str, Any]) -> str:
          + ". A pair is one text `<left record> [SEP] <right record>` (records as `field value` pieces, empty fields "
            "skipped), tokenized as a tokenizer pair with longest-first truncation. (a) and (b) are the first partial "
            "member and the pair member of (c)'s defaults, trained on the gold / majority-vote labels of the crowd "
-           "pairs and weighted on valid (uncalibrated), reusing (c)'s ingested rows: their seconds "
-           "are finetune + ensemble only; (c)'s are the whole pipeline. One training seed. The majority-class "
-           "baseline always answers no_match."),
+           "pairs and weighted on valid (uncalibrated; their class-balanced members decide by the arg-max), reusing "
+           "(c)'s ingested rows: their seconds are finetune + ensemble only; (c)'s are the whole pipeline, whose "
+           "decision threshold for the match class maximises the expected macro-F1 on 1,000 unlabelled pairs "
+           "(`ensemble.decision`). One training seed. The majority-class baseline always answers no_match."),
     ]
     for name, title in SETS.items():
         s = res.get("sets", {}).get(name)
