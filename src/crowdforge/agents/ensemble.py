@@ -265,8 +265,8 @@ def choose_decision(params: Params, paths: Paths, ens: Ensemble, valid_logits: d
     and a threshold fitted on them moved the entity-matching benchmark's match F1 by several points
     between runs (BENCHMARKS.md, entity matching)."""
     ep, classes = params.ensemble, list(params.data.classes)
-    rows = gold_rows if gold_rows.any() else np.ones(len(y_valid), bool)
-    if ep.decision == "argmax" or not rows.any() or headline_metric(y_valid[rows], len(classes)) != "macro_f1":
+    judged = y_valid[gold_rows] if gold_rows.any() else y_valid
+    if ep.decision == "argmax" or not len(judged) or headline_metric(judged, len(classes)) != "macro_f1":
         return {"rule": "argmax", "why": "balanced classes" if ep.decision != "argmax" else "ensemble.decision"}
     pool: list[str] = []
     if ep.decision in ("auto", "unlabelled") and paths.unlabeled.exists():
@@ -282,8 +282,8 @@ def choose_decision(params: Params, paths: Paths, ens: Ensemble, valid_logits: d
         return {"rule": "expected_f1_unlabelled", "pool": len(pool)}
     if not gold_rows.any():
         return {"rule": "argmax", "why": "no gold checks in valid and too few unlabelled texts"}
-    ens.decision_bias = checked_decision_bias(ens.combine(valid_logits)[rows], y_valid[rows], len(classes))
-    return {"rule": "gold_checks", "items": int(rows.sum()), "kept": bool(np.any(ens.decision_bias != 0))}
+    ens.decision_bias = checked_decision_bias(ens.combine(valid_logits)[gold_rows], judged, len(classes))
+    return {"rule": "gold_checks", "items": len(judged), "kept": bool(np.any(ens.decision_bias != 0))}
 
 
 def classification_metrics(probs: np.ndarray, y: np.ndarray, n_classes: int,
