@@ -168,8 +168,9 @@ class FinetuneParams:
         0.1, "inverse regularisation of the refinement's logistic regression; auto: the value of 0.01-3 whose "
              "out-of-fold predictions give the crowd labels the highest likelihood")
     refine_workers: StrictBool = _f(True, "re-estimate each contributor's confusion matrix from the refined "
-                                          "labels every round (Raykar et al.'s whole EM) instead of keeping the "
-                                          "reputation stage's posteriors as the crowd's evidence")
+                                          "labels every round (Raykar et al.'s whole EM; shrunk toward one "
+                                          "accuracy per contributor as strongly as held-out labels say) instead of "
+                                          "keeping the reputation stage's posteriors as the crowd's evidence")
     refine_per_member: StrictBool = _f(False, "draw the refinement's folds anew for every member (members see "
                                               "differently refined labels) instead of one refinement for all")
     sample_selection: Literal["none", "small_loss"] = _f(
@@ -213,6 +214,10 @@ class FinetuneParams:
 @dataclass(frozen=True, config=_CONFIG)
 class EnsembleParams:
     calibrate: StrictBool = _f(True, "fit a temperature per member on valid")
+    calibrate_mixture: StrictBool = _f(True, "then one temperature of the weighted mixture (with calibrate)")
+    weights: Literal["family", "member"] = _f(
+        "family", "fit one weight per family of members (same strategy: replicas that differ by seed or bootstrap "
+        "share it equally), or one per member")
     calibration_target: Literal["hard", "soft"] = _f("hard", "fit to the valid label (hard) or the soft labels")
     noise_aware: StrictBool = _f(True, "fit temperatures/weights through a label-noise channel (crowd valid labels)")
     distill: StrictBool = _f(False, "also distil the ensemble into one student (models/ensemble/student/)")

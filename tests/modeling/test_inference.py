@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import random_ensemble
 
-from crowdforge.modeling.inference import Ensemble, load_ensemble, mean_pool
+from crowdforge.modeling.inference import Ensemble, load_ensemble, mean_pool, temper
 
 TEXTS = ["great service and fast delivery", "awful", "it was okay I guess", "", "love it " * 40]
 
@@ -90,6 +90,29 @@ def test_decision_bias_moves_labels_not_probabilities_and_is_saved(tiny_backbone
     loaded = load_ensemble(ens.save(tmp_path / "e"))
     assert np.allclose(loaded.decision_bias, [0.0, 0.0, 50.0])
     assert (loaded.predict(texts)["label"] == ens.classes[-1]).all()
+
+
+def test_mixture_temperature_sharpens_without_moving_the_ranking_and_is_saved(tiny_backbone: Path,
+                                                                             tmp_path: Path) -> None:
+    ens = _ensemble(tiny_backbone)
+    before = ens.predict_proba(TEXTS)
+    ens.temperature = 0.5
+    after = ens.predict_proba(TEXTS)
+    assert (after.argmax(1) == before.argmax(1)).all() and (after.max(1) > before.max(1)).all()
+    np.testing.assert_allclose(after, temper(before, 0.5))
+    np.testing.assert_allclose(after.sum(1), 1.0)
+    loaded = load_ensemble(ens.save(tmp_path / "e"))
+    assert loaded.temperature == 0.5
+    np.testing.assert_allclose(loaded.predict_proba(TEXTS), after)
+
+
+def test_tempering_keeps_the_ranking_and_moves_toward_uniform_above_one() -> None:
+    """The distillation targets (``softmax(log p / tau)``) and the mixture's temperature."""
+    p = np.array([[0.9, 0.08, 0.02], [0.2, 0.5, 0.3]])
+    q = temper(p, 2.0)
+    assert (q.argmax(1) == p.argmax(1)).all() and (q.max(1) < p.max(1)).all() and (q.min(1) > p.min(1)).all()
+    np.testing.assert_allclose(q.sum(1), 1.0)
+    np.testing.assert_allclose(temper(p, 1.0), p)
 
 
 def test_precision_options_keep_the_probabilities_close(tiny_backbone: Path, tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ import pytest
 
 from crowdforge.modeling.refine import (
     CrowdLabels,
+    choose_shrinkage,
+    confusion_counts,
     crowd_labels,
     item_log_likelihood,
     out_of_fold_probs,
@@ -130,7 +132,7 @@ def test_re_estimating_contributors_finds_the_adversaries_a_naive_crowd_model_tr
     kept = refine_soft_labels(x, q, w, groups, rounds=20, folds=5, seed=0, tol=1e-3)
     moved = refine_soft_labels(x, q, w, groups, rounds=20, folds=5, seed=0, tol=1e-3, crowd=crowd)
     assert (moved.argmax(1) != y).sum() < 0.75 * (kept.argmax(1) != y).sum()  # a quarter of the errors gone
-    pi = worker_confusions(crowd, moved)
+    pi = worker_confusions(crowd, moved, shrinkage=0.0)
     assert (np.diagonal(pi[:6], axis1=1, axis2=2).mean(1) < 0.5).all()  # the adversaries are seen as such
     assert (np.diagonal(pi[6:], axis1=1, axis2=2).mean(1) > 0.5).all()
 
@@ -143,7 +145,34 @@ def test_crowd_labels_keep_training_items_and_gold_checks_only() -> None:
     assert crowd.item.tolist() == [1, 0, -1, 1]  # t1 -> 0, t2 -> 1 (sorted); the test item's label is gone
     assert crowd.truth.tolist() == [-1, -1, 1, -1] and crowd.label.tolist() == [1, 0, 0, 1]
     # contributor a called the gold check (truly pos) neg: its confusion says so
-    pi = worker_confusions(crowd, np.array([[0.9, 0.1], [0.2, 0.8]]), pseudo_count=0.0)
-    assert pi[0, 1].tolist() == pytest.approx([1 / 1.8, 0.8 / 1.8])
+    counts = confusion_counts(crowd, np.array([[0.9, 0.1], [0.2, 0.8]]))
+    assert counts[0, 1].tolist() == pytest.approx([1.0, 0.8])
     log_l = item_log_likelihood(crowd, np.full((3, 2, 2), 0.5), 2)
     assert log_l.shape == (2, 2) and log_l[1].tolist() == pytest.approx([2 * np.log(0.5)] * 2)
+
+
+def _three_class_crowd(class_dependent: bool, n: int = 600, seed: int = 0):
+    """40 contributors, 4 labels per item, 3 classes. One-coin: each errs with its own rate, evenly
+    over the other classes. Class-dependent: each is right except on one class of its own, which it
+    calls the next class 70 % of the time."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    item = np.repeat(np.arange(n), 4)
+    worker = np.concatenate([rng.choice(40, 4, replace=False) for _ in range(n)])
+    truth = y[item]
+    if class_dependent:
+        flip = (truth == worker % 3) & (rng.random(len(item)) < 0.7)
+        label = np.where(flip, (truth + 1) % 3, truth)
+    else:
+        err = rng.random(len(item)) < rng.uniform(0.1, 0.4, 40)[worker]
+        label = np.where(err, (truth + rng.integers(1, 3, len(item))) % 3, truth)
+    r_items = 0.9 * np.eye(3)[y] + 0.1 / 3
+    return CrowdLabels(item, worker, label, np.full(len(item), -1)), r_items, np.full((n, 3), 1 / 3)
+
+
+def test_held_out_labels_choose_one_accuracy_per_contributor_or_a_free_matrix_as_the_crowd_needs() -> None:
+    one_coin, dependent = _three_class_crowd(False), _three_class_crowd(True)
+    tau_one, scores_one = choose_shrinkage(*one_coin)
+    tau_dep, scores_dep = choose_shrinkage(*dependent)
+    assert tau_one >= 30 and tau_dep <= 3
+    assert scores_one[tau_one] > scores_one[0.0] and scores_dep[tau_dep] > scores_dep[1e6]

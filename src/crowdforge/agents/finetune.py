@@ -20,7 +20,8 @@ an out-of-fold logistic regression on the frozen encoder's cached embeddings (an
 the pair's similarity features), ``r ∝ p(c | x) q(c) / prior(c)`` (Raykar et al. 2010; see
 ``crowdforge.modeling.refine``), and example weights follow the refined confidence. With
 ``refine_workers`` (default) each round also re-estimates every contributor's confusion matrix from
-the refined labels and the gold checks, and the crowd's evidence ``q / prior`` becomes the labels'
+the refined labels and the gold checks (shrunk toward one accuracy per contributor as strongly as
+held-out labels say), and the crowd's evidence ``q / prior`` becomes the labels'
 likelihood under those matrices: Raykar et al.'s whole EM. ``auto`` runs
 the EM map to convergence on pair tasks and two rounds otherwise: to convergence, the training
 labels were more accurate on all three sets measured (SST-2 86.6 -> 87.6 %, Abt-Buy 95.2 -> 96.4 %,
@@ -123,6 +124,7 @@ from crowdforge.modeling.strategies import strategy
 from crowdforge.paths import Paths
 from crowdforge.reports import write_report as _write_report
 from crowdforge.runtime import set_torch_threads
+from crowdforge.truth.dawid_skene import SHRINKAGE_GRID
 
 
 def effective_members(params: Params) -> tuple[MemberParams, ...]:
@@ -236,7 +238,8 @@ def train_member(params: Params, paths: Paths, name: str, threads: int | None = 
         refined.update(rounds=len(ref.trace), round_changes=ref.trace, c_reg=ref.c_reg,
                        c_log_likelihood={str(c): v for c, v in ref.c_scores.items()},
                        changed=float((r.argmax(1) != q.argmax(1)).mean()),
-                       contributors="re-estimated" if ft.refine_workers else "kept")
+                       contributors="re-estimated" if ft.refine_workers else "kept",
+                       contributor_shrinkage=ref.shrinkage)
         w = w / np.clip(q.max(1), 1e-12, None) * r.max(1)  # weight follows the refined confidence
         q = r
         if ft.sample_selection == "small_loss" and ref.trace:
@@ -360,6 +363,7 @@ class Refinement(NamedTuple):
     p_oof: np.ndarray  # the last round's out-of-fold probabilities
     c_reg: float  # the logistic regression's inverse regularisation
     c_scores: dict[float, float]  # held-out crowd log-likelihood per C tried (empty when C was given)
+    shrinkage: list[float]  # each round's shrinkage of the re-estimated contributors (empty when kept)
 
 
 def refinement_crowd(paths: Paths, groups: Sequence[str], classes: Sequence[str]) -> CrowdLabels:
@@ -381,9 +385,10 @@ def refine(params: Params, paths: Paths, backbone: str, texts: Sequence[str], q:
     train_df = pd.read_parquet(paths.train, columns=["item_id", "source_item_id"])
     groups = train_df["source_item_id"].fillna(train_df["item_id"]).astype(str).tolist()
     crowd = refinement_crowd(paths, groups, list(params.data.classes)) if ft.refine_workers else None
+    smoothing = params.reputation.smoothing
     key = hashlib.sha256(json.dumps([backbone_fingerprint(backbone), ft.max_length, ft.refine_rounds, ft.refine_folds,
                                      ft.refine_tol, ft.refine_max_rounds, ft.refine_c, seed, list(texts),
-                                     groups]).encode())
+                                     groups, smoothing, SHRINKAGE_GRID]).encode())
     key.update(np.ascontiguousarray(q).tobytes() + np.ascontiguousarray(w).tobytes())
     for part in crowd or ():
         key.update(np.ascontiguousarray(part).tobytes())
@@ -391,7 +396,8 @@ def refine(params: Params, paths: Paths, backbone: str, texts: Sequence[str], q:
     if cached.exists():  # members that share the folds refine the same labels: the first one computes them
         with np.load(cached) as f:
             return Refinement(f["r"], [float(c) for c in f["trace"]], f["p_oof"], float(f["c_reg"]),
-                              dict(zip(map(float, f["c_grid"]), map(float, f["c_scores"]))))
+                              dict(zip(map(float, f["c_grid"]), map(float, f["c_scores"]))),
+                              [float(t) for t in f["shrinkage"]])
     x = cached_embeddings(backbone, texts, ft.max_length, paths.cache / "embeddings")
     if is_pair_task(texts):
         f = PairFeaturizer().fit(texts).transform(texts)
@@ -402,13 +408,15 @@ def refine(params: Params, paths: Paths, backbone: str, texts: Sequence[str], q:
     c_reg, c_scores = ((float(ft.refine_c), {}) if ft.refine_c != "auto" else
                        choose_regularisation(x, q, w, groups, ft.refine_folds, seed))
     oof: list[np.ndarray] = [np.full(q.shape, 1.0 / q.shape[1])]
+    shrinkage: list[float] = []
     r = refine_soft_labels(x, q, w, groups, rounds, ft.refine_folds, seed, ft.refine_tol if converge else None,
-                           trace, oof, c_reg, crowd)
+                           trace, oof, c_reg, crowd, smoothing, shrinkage)
     cached.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(cached) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, r=r, trace=np.asarray(trace), p_oof=oof[0], c_reg=c_reg,
-                 c_grid=np.asarray(list(c_scores), dtype=float), c_scores=np.asarray(list(c_scores.values())))
-    return Refinement(r, trace, oof[0], c_reg, c_scores)
+                 c_grid=np.asarray(list(c_scores), dtype=float), c_scores=np.asarray(list(c_scores.values())),
+                 shrinkage=np.asarray(shrinkage, dtype=float))
+    return Refinement(r, trace, oof[0], c_reg, c_scores, shrinkage)
 
 
 def consistency_views(params: Params, paths: Paths, texts: Sequence[str], v_texts: Sequence[str],

@@ -8,11 +8,15 @@ text model that scores the raw texts itself (:mod:`crowdforge.modeling.pair_feat
 share an encoder (the ``head`` members all use the pretrained encoder) share one forward pass. The
 ensemble probability is ``p(y|x) = sum_k w_k softmax(z_k(x) / T_k)`` with member weights ``w`` on
 the simplex and per-member temperatures ``T_k > 0`` (temperature scaling, Guo et al. 2017,
-"On Calibration of Modern Neural Networks").
+"On Calibration of Modern Neural Networks"), then one temperature ``T`` of the mixture itself,
+``p(y|x) ∝ (sum_k ...)^(1/T)``: a mixture of calibrated members is under-confident wherever they
+disagree, so the ensemble is calibrated again after combining (Wu & Gales 2021, "Should Ensemble
+Members Be Calibrated?"; Rahaman & Thiery 2021, "Uncertainty Quantification and Deep Ensembles").
 
 Folder layout (``ensemble.json`` is the index)::
 
-    ensemble.json           classes, max_length, members (name, encoder key, head file, T, w)
+    ensemble.json           classes, max_length, the mixture's temperature, members (name, encoder
+                            key, head file, T, w)
     tokenizer/              one tokenizer (every member derives from the same backbone); a text
                             holding ``[SEP]`` is encoded as a pair (crowdforge.modeling.tokens)
     encoders/<key>/         each distinct encoder once (save_pretrained, loadable by AutoModel)
@@ -86,6 +90,13 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """``softmax(log p / T)``: sharper for ``T < 1``, flatter for ``T > 1``; ``p`` itself at 1."""
+    if temperature == 1.0:
+        return probs
+    return softmax(np.log(np.clip(probs, 1e-300, None)) / temperature)
+
+
 @dataclass
 class Member:
     """One linear head on top of one of the ensemble's encoders, or a ``text_model`` (``encoder`` None)."""
@@ -119,6 +130,7 @@ class Ensemble:
         max_length: int,
         batch_size: int = 64,
         decision_bias: Sequence[float] | None = None,
+        temperature: float = 1.0,
     ) -> None:
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -136,6 +148,7 @@ class Ensemble:
         # added to log p before the arg-max that picks the label (a decision threshold fitted on
         # expert labels for imbalanced classes); the probabilities themselves stay calibrated
         self.decision_bias = np.zeros(len(self.classes)) if decision_bias is None else np.asarray(decision_bias, float)
+        self.temperature = float(temperature)  # of the mixture, after the members' own (module docstring)
         for enc in self.encoders.values():
             enc.eval()
         self.precision = "fp32"
@@ -180,7 +193,12 @@ class Ensemble:
                 for m in self.members}
 
     def combine(self, logits: dict[str, np.ndarray]) -> np.ndarray:
-        """``sum_k w_k softmax(z_k / T_k)`` with the weights renormalised to sum to one."""
+        """``sum_k w_k softmax(z_k / T_k)`` with the weights renormalised to sum to one, tempered by
+        the mixture's temperature: ``softmax(log p / T)``."""
+        return temper(self.mixture(logits), self.temperature)
+
+    def mixture(self, logits: dict[str, np.ndarray]) -> np.ndarray:
+        """``sum_k w_k softmax(z_k / T_k)`` (weights renormalised), before the mixture's temperature."""
         w = np.array([m.ensemble_weight for m in self.members], dtype=np.float64)
         w = w / w.sum()
         probs = sum(
@@ -249,6 +267,7 @@ class Ensemble:
             "max_length": self.max_length,
             "batch_size": self.batch_size,
             "decision_bias": [float(b) for b in self.decision_bias],
+            "temperature": self.temperature,
             "tokenizer": "tokenizer" if self.tokenizer is not None else None,
             "encoders": {key: f"encoders/{key}" for key in used},
             "members": members_json,
@@ -285,4 +304,5 @@ def load_ensemble(path: str | Path, precision: str = "fp32") -> Ensemble:
             head = load_file(str(path / m["head"]))
             members.append(Member(**common, weight=head["weight"], bias=head["bias"]))
     return Ensemble(index["classes"], tokenizer, encoders, members, index["max_length"],
-                    index.get("batch_size", 64), index.get("decision_bias")).set_precision(precision)
+                    index.get("batch_size", 64), index.get("decision_bias"),
+                    float(index.get("temperature", 1.0))).set_precision(precision)

@@ -17,10 +17,14 @@ labels' accuracy is in BENCHMARKS.md, learning).
 
 With the crowd's own labels (:class:`CrowdLabels`) the refinement is Raykar et al.'s whole EM: each
 round also re-estimates every contributor's confusion matrix from the refined labels (the M-step,
-Dawid & Skene 1979, with one pseudo-count per cell and the gold checks' expert labels as known
-truths) and recomputes ``L_i`` from them. The reputation stage estimated those matrices with only
-the crowd as evidence; on a rare class, where a contributor has labelled a handful of its items,
-the text's evidence corrects them (BENCHMARKS.md, label refinement).
+Dawid & Skene 1979, with the gold checks' expert labels as known truths) and recomputes ``L_i`` from
+them. The reputation stage estimated those matrices with only the crowd as evidence; on a rare
+class, where a contributor has labelled a handful of its items, the text's evidence corrects them
+(BENCHMARKS.md, label refinement). The M-step is the reputation stage's MAP estimate, shrunk toward
+each contributor's one-coin matrix (:func:`crowdforge.truth.dawid_skene.shrunk_confusions`); how
+strongly differs from crowd to crowd (a free matrix per contributor on a five-class real crowd, one
+accuracy each on a two-class one), so every round picks the strength whose matrices predict
+held-out labels best (:func:`choose_shrinkage`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from crowdforge.progress import track
+from crowdforge.truth.dawid_skene import SHRINKAGE_GRID, shrunk_confusions
 
 
 def out_of_fold_probs(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], folds: int,
@@ -110,16 +115,61 @@ def crowd_labels(labels: pd.DataFrame, groups: Sequence[str], classes: Sequence[
                        df["label"].map(cls).to_numpy(dtype=int), np.where(item >= 0, -1, truth))
 
 
-def worker_confusions(crowd: CrowdLabels, r_items: np.ndarray, pseudo_count: float = 1.0) -> np.ndarray:
-    """``pi[w, true, given]``: each contributor's confusion matrix, from the soft truth ``r_items`` of
-    the refined items and the known truth of gold checks, plus ``pseudo_count`` in every cell."""
+def confusion_counts(crowd: CrowdLabels, r_items: np.ndarray, n_workers: int | None = None) -> np.ndarray:
+    """Expected counts ``[w, true, given]`` of each contributor's labels, from the soft truth ``r_items``
+    of the refined items and the known truth of gold checks."""
     k = r_items.shape[1]
-    n_workers = int(crowd.worker.max()) + 1 if len(crowd.worker) else 0
+    if n_workers is None:
+        n_workers = int(crowd.worker.max()) + 1 if len(crowd.worker) else 0
     known = crowd.item < 0
     truth = np.where(known[:, None], np.eye(k)[np.clip(crowd.truth, 0, k - 1)], r_items[np.clip(crowd.item, 0, None)])
-    counts = np.full((n_workers, k, k), pseudo_count)
+    counts = np.zeros((n_workers, k, k))
     np.add.at(counts, (crowd.worker, slice(None), crowd.label), truth)
-    return counts / counts.sum(2, keepdims=True)
+    return counts
+
+
+def worker_confusions(crowd: CrowdLabels, r_items: np.ndarray, shrinkage: float, smoothing: float = 1.0,
+                      n_workers: int | None = None) -> np.ndarray:
+    """``pi[w, true, given]``: each contributor's confusion matrix from :func:`confusion_counts`, the
+    MAP estimate under the reputation stage's prior (``shrinkage`` toward the one-coin matrix, then
+    ``smoothing`` per row)."""
+    return shrunk_confusions(confusion_counts(crowd, r_items, n_workers), smoothing, shrinkage)
+
+
+def held_out_label_log_likelihood(crowd: CrowdLabels, r_items: np.ndarray, p_items: np.ndarray, shrinkage: float,
+                                  smoothing: float = 1.0, folds: int = 5, seed: int = 0) -> float:
+    """Mean log-probability of each label of a held-out item, from confusion matrices estimated on the
+    other folds' items (and every gold check) and the item's truth as the out-of-fold classifier
+    ``p_items`` and the item's *other* labels give it: ``log sum_c post_-j(c) pi[w_j, c, l_j]`` with
+    ``post_-j ∝ p(c | x_i) prod_{j' != j} pi[w_j', c, l_j']``. Neither the label nor its item's fold
+    enters its own prediction, so stronger and weaker shrinkage compete on equal terms."""
+    n, k = r_items.shape
+    n_workers = int(crowd.worker.max()) + 1 if len(crowd.worker) else 0
+    fold = np.random.default_rng(seed).permutation(n) % max(1, min(folds, n))
+    total, count = 0.0, 0
+    for f in np.unique(fold):
+        out = (crowd.item >= 0) & (fold[np.clip(crowd.item, 0, None)] == f)
+        if not out.any():
+            continue
+        pi = worker_confusions(CrowdLabels(*(a[~out] for a in crowd)), r_items, shrinkage, smoothing, n_workers)
+        item, log_pi = crowd.item[out], np.log(pi[crowd.worker[out], :, crowd.label[out]])  # (labels, k)
+        per_item = np.zeros((n, k))
+        np.add.at(per_item, item, log_pi)
+        post = np.log(np.clip(p_items[item], 1e-300, None)) + per_item[item] - log_pi
+        post = np.exp(post - post.max(1, keepdims=True))
+        post /= post.sum(1, keepdims=True)
+        total += float(np.log((post * np.exp(log_pi)).sum(1)).sum())
+        count += int(out.sum())
+    return total / max(count, 1)
+
+
+def choose_shrinkage(crowd: CrowdLabels, r_items: np.ndarray, p_items: np.ndarray, smoothing: float = 1.0,
+                     folds: int = 5, seed: int = 0,
+                     grid: Sequence[float] = SHRINKAGE_GRID) -> tuple[float, dict[float, float]]:
+    """The shrinkage (from ``grid``) under which held-out labels are most probable
+    (:func:`held_out_label_log_likelihood`), and that log-likelihood for every strength tried."""
+    scores = {float(t): held_out_label_log_likelihood(crowd, r_items, p_items, t, smoothing, folds, seed) for t in grid}
+    return max(scores, key=lambda t: scores[t]), scores
 
 
 def item_log_likelihood(crowd: CrowdLabels, pi: np.ndarray, n_items: int) -> np.ndarray:
@@ -130,20 +180,30 @@ def item_log_likelihood(crowd: CrowdLabels, pi: np.ndarray, n_items: int) -> np.
     return out
 
 
+def group_means(rows: np.ndarray, group_of_row: np.ndarray, n_groups: int) -> np.ndarray:
+    """Each group's mean distribution over its rows (an item and its augmented copies)."""
+    out = np.zeros((n_groups, rows.shape[1]))
+    np.add.at(out, group_of_row, rows)
+    return out / np.clip(out.sum(1, keepdims=True), 1e-12, None)
+
+
 def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequence[str], rounds: int = 2,
                        folds: int = 5, seed: int = 0, tol: float | None = None,
                        trace: list[float] | None = None, oof: list[np.ndarray] | None = None,
-                       c_reg: float = 0.1, crowd: CrowdLabels | None = None) -> np.ndarray:
+                       c_reg: float = 0.1, crowd: CrowdLabels | None = None, smoothing: float = 1.0,
+                       shrinkage: list[float] | None = None) -> np.ndarray:
     """EM rounds of ``r_i ∝ p_oof(c | x_i) q_i(c) / pi(c)`` (``pi`` = mean of ``q``), or, given the
     ``crowd``'s labels (``crowd.item`` indexes the sorted distinct ``groups``), of
-    ``r_i ∝ p_oof(c | x_i) L_i(c)`` with ``L_i`` from confusion matrices re-estimated from ``r`` each round.
+    ``r_i ∝ p_oof(c | x_i) L_i(c)`` with ``L_i`` from confusion matrices re-estimated from ``r`` each round
+    (the contributors' prior ``smoothing`` and a shrinkage chosen each round, :func:`choose_shrinkage`).
 
     ``tol`` None: exactly ``rounds`` rounds, the folds drawn anew each round. ``tol`` given: the folds
     stay the same in every round, so the rounds iterate one map to its fixed point, and they stop
     once a round moves the labels by less than ``tol`` (mean absolute change), ``rounds`` at most.
     ``trace`` (if given) receives each round's mean absolute change, ``oof`` (if given) the last
-    round's out-of-fold probabilities (for :func:`small_loss_weights`). ``c_reg``: the logistic
-    regression's inverse regularisation strength (:func:`choose_regularisation` picks one).
+    round's out-of-fold probabilities (for :func:`small_loss_weights`), ``shrinkage`` (if given) each
+    round's chosen shrinkage. ``c_reg``: the logistic regression's inverse regularisation strength
+    (:func:`choose_regularisation` picks one).
 
     Returns ``q`` unchanged when ``rounds`` is 0 or there are fewer than two groups.
     """
@@ -156,14 +216,17 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
     r = q
     with track(rounds, f"label refinement ({folds} folds per round, at most {rounds} rounds)") as advance:
         for step in range(rounds):
+            fold_seed = seed if tol is not None else seed + step
             p = out_of_fold_probs(np.asarray(x, dtype=np.float64), r, np.asarray(w, dtype=np.float64), groups,
-                                  folds, seed if tol is not None else seed + step, c_reg)
+                                  folds, fold_seed, c_reg)
             if crowd is not None:  # M-step for the contributors, from the current labels (mean over a group's rows)
-                r_items = np.zeros((len(group_names), q.shape[1]))
-                np.add.at(r_items, group_of_row, r)
-                r_items /= np.clip(r_items.sum(1, keepdims=True), 1e-12, None)
-                log_likelihood = item_log_likelihood(crowd, worker_confusions(crowd, r_items),
+                r_items, p_items = group_means(r, group_of_row, len(group_names)), group_means(p, group_of_row,
+                                                                                               len(group_names))
+                tau, _ = choose_shrinkage(crowd, r_items, p_items, smoothing, folds, fold_seed)
+                log_likelihood = item_log_likelihood(crowd, worker_confusions(crowd, r_items, tau, smoothing),
                                                      len(group_names))[group_of_row]
+                if shrinkage is not None:
+                    shrinkage.append(tau)
             new = np.log(np.clip(p, 1e-300, None)) + log_likelihood
             new = np.exp(new - new.max(1, keepdims=True))
             new = new / new.sum(1, keepdims=True)

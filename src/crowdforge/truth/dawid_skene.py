@@ -21,6 +21,9 @@ from crowdforge.truth.base import (
 )
 
 _TINY = 1e-300
+# Shrinkage strengths worth telling apart: a log grid over the range where the fits differ, from a
+# one-coin matrix per worker (1e6) to a free confusion matrix (0). Fixed a priori, never tuned.
+SHRINKAGE_GRID: tuple[float, ...] = (1e6, 100.0, 30.0, 10.0, 3.0, 1.0, 0.0)
 
 
 @dataclass
@@ -178,26 +181,8 @@ class DawidSkene(FitPredict):
 
     def _m_step(self, enc: Encoded, T: np.ndarray, prior_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         K = enc.n_classes
-        counts = self._expected_counts(enc, T) + prior_counts
-        if self.shrinkage > 0:
-            total = counts.sum(axis=(1, 2))
-            correct = np.trace(counts, axis1=1, axis2=2)
-            acc = (correct + 1.0) / (total + 2.0)  # Beta(1,1)-smoothed one-coin accuracy
-            idx = np.arange(K)
-            # where a worker errs: the population's error pattern per true class (pooled counts,
-            # diagonal removed, rows normalised); flat 1/(K-1) when the crowd makes no errors
-            pooled = counts.sum(axis=0) + 1e-9
-            pooled[idx, idx] = 0.0
-            pattern = pooled / pooled.sum(axis=1, keepdims=True)
-            if self.shrink_target == "one_coin":
-                pattern = np.full((K, K), 1.0 / (K - 1))
-                pattern[idx, idx] = 0.0
-            target = (1.0 - acc)[:, None, None] * pattern[None, :, :]
-            target[:, idx, idx] = acc[:, None]
-            counts = counts + self.shrinkage * target
-        counts = counts + self.smoothing / K  # a row total of `smoothing`, spread evenly
-        row = counts.sum(axis=2, keepdims=True)
-        pi = np.divide(counts, row, out=np.full_like(counts, 1.0 / K), where=row > 0)
+        pi = shrunk_confusions(self._expected_counts(enc, T) + prior_counts, self.smoothing, self.shrinkage,
+                               self.shrink_target)
         class_counts = col_sum(T) + self.smoothing / K
         p = class_counts / class_counts.sum() if class_counts.sum() > 0 else np.full(K, 1.0 / K)
         return np.log(np.maximum(pi, _TINY)), np.log(np.maximum(p, _TINY))
@@ -257,6 +242,33 @@ class DawidSkene(FitPredict):
                                           name="n_labels")
         self.n_iter_ = n_iter
         self.loglik_ = loglik
+
+
+def shrunk_confusions(counts: np.ndarray, smoothing: float, shrinkage: float,
+                      shrink_target: str = "population") -> np.ndarray:
+    """``pi[w, true, observed]`` from confusion counts ``[w, true, observed]``: the MAP estimate under
+    :class:`DawidSkene`'s Dirichlet prior (``shrinkage`` pseudo-labels per row toward the worker's
+    one-coin matrix with the errors spread like ``shrink_target``, then ``smoothing`` per row)."""
+    K = counts.shape[1]
+    if shrinkage > 0:
+        total = counts.sum(axis=(1, 2))
+        correct = np.trace(counts, axis1=1, axis2=2)
+        acc = (correct + 1.0) / (total + 2.0)  # Beta(1,1)-smoothed one-coin accuracy
+        idx = np.arange(K)
+        # where a worker errs: the population's error pattern per true class (pooled counts,
+        # diagonal removed, rows normalised); flat 1/(K-1) when the crowd makes no errors
+        pooled = counts.sum(axis=0) + 1e-9
+        pooled[idx, idx] = 0.0
+        pattern = pooled / pooled.sum(axis=1, keepdims=True)
+        if shrink_target == "one_coin":
+            pattern = np.full((K, K), 1.0 / (K - 1))
+            pattern[idx, idx] = 0.0
+        target = (1.0 - acc)[:, None, None] * pattern[None, :, :]
+        target[:, idx, idx] = acc[:, None]
+        counts = counts + shrinkage * target
+    counts = counts + smoothing / K  # a row total of `smoothing`, spread evenly
+    row = counts.sum(axis=2, keepdims=True)
+    return np.divide(counts, row, out=np.full_like(counts, 1.0 / K), where=row > 0)
 
 
 def confusion_frame_to_array(frame: pd.DataFrame, worker: Hashable, classes: Sequence[Hashable]) -> np.ndarray:

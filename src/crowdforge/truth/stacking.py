@@ -20,7 +20,7 @@ from scipy.optimize import minimize
 from crowdforge.truth.base import Encoded, FitPredict, encode, gold_matrix, subset
 from crowdforge.truth.calibration import fit_temperature_predictive, gold_temperature, tempered
 from crowdforge.truth.constrained import MACE, OneCoinDawidSkene, PooledOneCoin
-from crowdforge.truth.dawid_skene import DawidSkene
+from crowdforge.truth.dawid_skene import SHRINKAGE_GRID, DawidSkene
 
 Factory = Callable[[dict[str, Any]], DawidSkene]
 
@@ -30,12 +30,12 @@ def _ds(tau: float) -> Factory:
 
 
 # The candidate family, from no per-worker parameter to a full confusion matrix per worker. Fixed a
-# priori (the shrinkage strengths are a log grid over the range where the fits differ), never tuned.
+# priori, never tuned.
 CANDIDATES: dict[str, Factory] = {
     "majority": lambda opts: PooledOneCoin(**opts),
     "one_coin": lambda opts: OneCoinDawidSkene(**opts),
     "mace": lambda opts: MACE(**opts),
-    **{f"dawid_skene(tau={tau:g})": _ds(tau) for tau in (1e6, 100.0, 30.0, 10.0, 3.0, 1.0, 0.0)},
+    **{f"dawid_skene(tau={tau:g})": _ds(tau) for tau in SHRINKAGE_GRID},
 }
 
 
