@@ -180,6 +180,8 @@ def markdown(res: dict[str, Any]) -> str:
     lines += ["", "Shrinkage of the re-estimated contributors (pseudo-labels per confusion row toward the one-coin "
               "matrix, 1e+06 = one accuracy each, 0 = a free matrix; the distinct values chosen over the rounds): "
               + " | ".join(chosen) + "."]
+    for note in res.get("notes", []):  # what the rows say, added to a results file before --from-json
+        lines += ["", note]
     return "\n".join(lines)
 
 
