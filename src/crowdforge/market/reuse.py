@@ -118,8 +118,9 @@ def combine(dirs: Sequence[Path], weights: Sequence[float], classes: Sequence[st
 
     Each source model's members keep their temperatures and relative weights; their heads are cut to
     the user's classes. A source's mixture temperature (``Ensemble.temperature``) is not carried over:
-    it tempers that source's whole mixture, not its members, so the combined model's is 1. The sources must share a tokenizer vocabulary (all crowdforge models built on
-    the same backbone family do); ``reuse.json`` and the index's ``reused_from`` name them.
+    it tempers that source's whole mixture, not its members, so the combined model's is 1. The sources
+    must share a tokenizer vocabulary (all crowdforge models built on the same backbone family do);
+    ``reuse.json`` and the index's ``reused_from`` name them.
     """
     from crowdforge.modeling.inference import Ensemble, load_ensemble
 
