@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from crowdforge.progress import track
+from crowdforge.truth.calibration import softmax_rows
 from crowdforge.truth.dawid_skene import SHRINKAGE_GRID, shrunk_confusions
 
 
@@ -143,7 +144,7 @@ def held_out_label_log_likelihood(crowd: CrowdLabels, r_items: np.ndarray, p_ite
     ``p_items`` and the item's *other* labels give it: ``log sum_c post_-j(c) pi[w_j, c, l_j]`` with
     ``post_-j ∝ p(c | x_i) prod_{j' != j} pi[w_j', c, l_j']``. Neither the label nor its item's fold
     enters its own prediction, so stronger and weaker shrinkage compete on equal terms."""
-    n, k = r_items.shape
+    n = len(r_items)
     n_workers = int(crowd.worker.max()) + 1 if len(crowd.worker) else 0
     fold = np.random.default_rng(seed).permutation(n) % max(1, min(folds, n))
     total, count = 0.0, 0
@@ -152,13 +153,11 @@ def held_out_label_log_likelihood(crowd: CrowdLabels, r_items: np.ndarray, p_ite
         if not out.any():
             continue
         pi = worker_confusions(CrowdLabels(*(a[~out] for a in crowd)), r_items, shrinkage, smoothing, n_workers)
-        item, log_pi = crowd.item[out], np.log(pi[crowd.worker[out], :, crowd.label[out]])  # (labels, k)
-        per_item = np.zeros((n, k))
-        np.add.at(per_item, item, log_pi)
-        post = np.log(np.clip(p_items[item], 1e-300, None)) + per_item[item] - log_pi
-        post = np.exp(post - post.max(1, keepdims=True))
-        post /= post.sum(1, keepdims=True)
-        total += float(np.log((post * np.exp(log_pi)).sum(1)).sum())
+        held = CrowdLabels(*(a[out] for a in crowd))
+        lik = pi[held.worker, :, held.label]  # (labels, k)
+        post = softmax_rows(np.log(np.clip(p_items[held.item], 1e-300, None))
+                            + item_log_likelihood(held, pi, n)[held.item] - np.log(lik))
+        total += float(np.log((post * lik).sum(1)).sum())
         count += int(out.sum())
     return total / max(count, 1)
 
@@ -227,9 +226,7 @@ def refine_soft_labels(x: np.ndarray, q: np.ndarray, w: np.ndarray, groups: Sequ
                                                      len(group_names))[group_of_row]
                 if shrinkage is not None:
                     shrinkage.append(tau)
-            new = np.log(np.clip(p, 1e-300, None)) + log_likelihood
-            new = np.exp(new - new.max(1, keepdims=True))
-            new = new / new.sum(1, keepdims=True)
+            new = softmax_rows(np.log(np.clip(p, 1e-300, None)) + log_likelihood)
             change = float(np.abs(new - r).mean())
             r = new
             advance()
