@@ -81,3 +81,12 @@ def test_market_tags_are_checked_against_the_learnware_package_at_load():
     with pytest.raises(ParamsError, match=r"market\.scenario = 'Movies': .*Scenario values: Business"):
         parse_params({"market": {"scenario": "Movies"}})
     assert parse_params({"market": {"licence": "mit", "scenario": "internet"}}).market.licence == "MIT"
+
+
+def test_the_federated_member_takes_fewer_trained_numbers_under_dp():
+    with_dp = parse_params({"federated": {"dp": {"enabled": True}}}).federated
+    without = parse_params({"federated": {"dp": {"enabled": False}}}).federated
+    assert (with_dp.member_adapter, with_dp.member_lora_targets) == ("lora", "attention")
+    assert (without.member_adapter, without.member_lora_targets) == ("partial", "all")
+    chosen = parse_params({"federated": {"adapter": "partial", "lora_targets": "all"}}).federated
+    assert (chosen.member_adapter, chosen.member_lora_targets) == ("partial", "all")

@@ -29,6 +29,7 @@ _CONFIG = ConfigDict(extra="forbid")
 Strategy = Literal[tuple(STRATEGIES)]  # type: ignore[valid-type]  # how much of the encoder a member trains
 EncoderStrategy = Literal[tuple(k for k, s in STRATEGIES.items() if s.model == "encoder")]  # type: ignore[valid-type]
 PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -261,17 +262,41 @@ class FederatedParams:
     strategy: Literal["fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum"] = _f(
         "fedavg", "aggregation; the robust ones (fedmedian, fedtrimmedavg, krum) need secagg: false")
     proximal_mu: float = _f(0.01, "fedprox: strength of the proximal term", ge=0)
-    adapter: Literal["partial", "lora"] = _f("partial", "what trains: the top layers + head, or LoRA adapters + head")
+    adapter: Literal["auto", "partial", "lora"] = _f(
+        "auto", "what trains: the top layers + head (partial), or LoRA adapters + head (lora); auto: lora under DP, "
+        "where fewer trained numbers take less noise (Yu et al. 2022), partial without")
+    lora_targets: Literal["auto", "all", "attention"] = _f(
+        "auto", "lora: adapters on every linear map of a block (all) or on attention's query and value (attention); "
+        "auto: attention under DP, all without")
     unfreeze_layers: PositiveInt = _f(1, "encoder blocks (from the top) that train or carry LoRA adapters")
     lora_rank: PositiveInt = _f(8, "lora: the adapters' rank")
+    lora_plus_ratio: float = _f(16.0, "lora: the B matrices' learning rate over the A matrices' (LoRA+, "
+                                "Hayou et al. 2024); 1: plain LoRA", ge=1)
     batch_size: PositiveInt = _f(32, "local batch size (the expected Poisson batch under DP)")
     lr_head: float = _f(3e-3, "the head's learning rate at the sites", gt=0)
     lr_backbone: float = _f(5e-4, "the encoder's (or adapters') learning rate at the sites", gt=0)
     seed: int = _f(23, "the member's initialisation and the sites' shuffles")
     secagg: StrictBool = _f(True, "SecAgg+: the coordinator sees only the sum of the sites' updates")
-    gold_gate: StrictBool = _f(True, "a round that lowers the score on the coordinator's gold checks is not applied")
+    gold_gate: StrictBool = _f(True, "each round moves along the aggregate update by the step in server_steps with the "
+                               "lowest NLL on the coordinator's gold checks, or not at all when none lowers it")
+    server_steps: tuple[PositiveFloat, ...] = _f((0.5, 1.0, 2.0, 4.0), "the gold gate's candidate steps along a "
+                                                 "round's update (a server learning rate; (1.0,): plain FedAvg)")
     dp: DPParams = field(default_factory=DPParams)
     timeout_seconds: PositiveInt = _f(3600, "the federated run is stopped (and the stage fails) after this")
+
+    @property
+    def member_adapter(self) -> str:
+        """The adapter the member is built with (``auto`` resolved)."""
+        if self.adapter != "auto":
+            return self.adapter
+        return "lora" if self.dp.enabled else "partial"
+
+    @property
+    def member_lora_targets(self) -> str:
+        """The linear maps LoRA adapts (``auto`` resolved): fewer under DP, whose noise every trained number takes."""
+        if self.lora_targets != "auto":
+            return self.lora_targets
+        return "attention" if self.dp.enabled else "all"
 
     @model_validator(mode="after")
     def _robust_needs_plain_updates(self) -> FederatedParams:

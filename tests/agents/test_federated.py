@@ -108,7 +108,11 @@ def test_no_text_label_or_per_example_value_reaches_the_coordinator(secagg_dp_ru
         for s in strings_in(m["configs"]):
             assert s not in labels and not any(t in s or s in t for t in all_texts if len(s) > 3), s
     # the masked vectors are the declared trainable tensors (after SecAgg+'s own leading weight factor), nothing more
-    model, _ = build_member(MemberSpec(params.pretrain.backbone, 3, unfreeze_layers=1, max_length=24, seed=23))
+    fp = params.federated
+    assert fp.member_adapter == "lora"  # auto: DP is on, so the member trains LoRA adapters
+    model, _ = build_member(MemberSpec(params.pretrain.backbone, 3, unfreeze_layers=1, adapter=fp.member_adapter,
+                                       lora_rank=fp.lora_rank, lora_targets=fp.member_lora_targets, max_length=24,
+                                       seed=23))
     n_arrays = len(get_arrays(model))
     masked = [m["configs"]["secaggplus_configs"]["masked_params"] for m in messages
               if "masked_params" in m["configs"].get("secaggplus_configs", {})]

@@ -8,9 +8,11 @@ import pytest
 from crowdforge.federated.local_training import (
     LocalConfig,
     MemberSpec,
+    TopModel,
     build_member,
     frozen_cache,
     get_arrays,
+    learning_rate,
     merged_encoder,
     predict_logits,
     set_arrays,
@@ -48,8 +50,8 @@ def test_every_party_builds_the_same_member_and_only_the_trainable_part_travels(
 def test_local_training_learns_and_lora_sends_far_fewer_numbers(tiny_backbone: Path) -> None:
     texts, q = _data()
     sizes = {}
-    for adapter in ("partial", "lora"):
-        model, tok = build_member(MemberSpec(str(tiny_backbone), 2, adapter=adapter, max_length=32))
+    for adapter in ("partial", "lora"):  # rank 1: the tiny model is too narrow for rank 8 to save much
+        model, tok = build_member(MemberSpec(str(tiny_backbone), 2, adapter=adapter, lora_rank=1, max_length=32))
         before = get_arrays(model)
         cache = frozen_cache(model, tok, texts, 32)
         cfg = LocalConfig(epochs=6, lr_head=0.05, lr_backbone=3e-3)
@@ -59,6 +61,23 @@ def test_local_training_learns_and_lora_sends_far_fewer_numbers(tiny_backbone: P
         assert any(not np.array_equal(x, y) for x, y in zip(before, get_arrays(model), strict=True))
         sizes[adapter] = sum(x.size for x in before)
     assert sizes["partial"] > 5 * sizes["lora"]
+
+
+def test_lora_plus_gives_the_b_matrices_their_own_faster_rate(tiny_backbone: Path) -> None:
+    model, _ = build_member(MemberSpec(str(tiny_backbone), 2, adapter="lora", max_length=32))
+    cfg = LocalConfig(lr_head=1e-2, lr_backbone=1e-4, lora_plus_ratio=16.0)
+    rates = {n: learning_rate(n, cfg) for n, p in TopModel(model).named_parameters() if p.requires_grad}
+    assert {r for n, r in rates.items() if "lora_B" in n} == {1.6e-3}
+    assert {r for n, r in rates.items() if "lora_A" in n} == {1e-4}
+    assert {r for n, r in rates.items() if n.startswith("head.")} == {1e-2}
+    texts, q = _data()
+    b_norms = {}
+    for ratio in (1.0, 16.0):  # B starts at zero: with the same steps it travels further at the LoRA+ rate
+        model, tok = build_member(MemberSpec(str(tiny_backbone), 2, adapter="lora", max_length=32))
+        train_local(model, frozen_cache(model, tok, texts, 32), q, np.ones(len(texts)),
+                    LocalConfig(epochs=1, lr_backbone=1e-3, lora_plus_ratio=ratio), 1)
+        b_norms[ratio] = sum(float(p.norm()) for n, p in model.named_parameters() if "lora_B" in n)
+    assert b_norms[16.0] > 4 * b_norms[1.0]
 
 
 def test_proximal_term_keeps_the_update_nearer_the_global_weights(tiny_backbone: Path) -> None:

@@ -107,14 +107,16 @@ def make_job(params: Params, paths: Paths, n_sites: int, job_dir: Path) -> tuple
     backbone, source = encoder_source(paths, params)
     job = Job(spec=MemberSpec(backbone=str(Path(backbone).resolve()) if Path(backbone).exists() else backbone,
                               n_classes=len(params.data.classes), unfreeze_layers=fp.unfreeze_layers,
-                              adapter=fp.adapter, lora_rank=fp.lora_rank, max_length=params.finetune.max_length,
+                              adapter=fp.member_adapter, lora_rank=fp.lora_rank,
+                              lora_targets=fp.member_lora_targets, max_length=params.finetune.max_length,
                               seed=fp.seed),
               local=LocalConfig(epochs=fp.local_epochs, batch_size=fp.batch_size, lr_head=fp.lr_head,
-                                lr_backbone=fp.lr_backbone,
+                                lr_backbone=fp.lr_backbone, lora_plus_ratio=fp.lora_plus_ratio,
                                 proximal_mu=fp.proximal_mu if fp.strategy == "fedprox" else 0.0,
                                 dp_max_grad_norm=fp.dp.max_grad_norm, seed=fp.seed),
               classes=tuple(params.data.classes), rounds=fp.rounds, n_sites=n_sites, strategy=fp.strategy,
-              secagg=fp.secagg, gold_gate=fp.gold_gate, dp_epsilon=fp.dp.epsilon if fp.dp.enabled else 0.0,
+              secagg=fp.secagg, gold_gate=fp.gold_gate,
+              server_steps=fp.server_steps, dp_epsilon=fp.dp.epsilon if fp.dp.enabled else 0.0,
               dp_delta=fp.dp.delta, backbone_fingerprint=backbone_fingerprint(backbone),
               job_dir=str(job_dir.resolve()))
     return job, source
@@ -164,7 +166,8 @@ def protections_in_force(params: Params, epsilon: float, gate_kind: str) -> dict
                                      if fp.dp.enabled else "off"),
             "influence_clipping": "each site's update clipped to the median norm of the previous round",
             "aggregation": fp.strategy,
-            "gold_gate": f"on: a round worse on {gate_kind} is not applied" if fp.gold_gate else "off"}
+            "gold_gate": (f"on: each round takes the step of {list(fp.server_steps)} with the lowest NLL on "
+                          f"{gate_kind}, or none when none lowers it") if fp.gold_gate else "off"}
 
 
 def save_member(paths: Paths, job: Any, arrays: list[Any], info: dict[str, Any]) -> None:
@@ -219,7 +222,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
                   "secagg": fp.secagg, "epsilon": epsilon if fp.dp.enabled else None, "delta": fp.dp.delta,
                   "aggregate_sha256": digest, "protections": protections}
     save_member(paths, job, arrays, {
-        "name": FEDERATED_MEMBER, "enabled": True, "strategy": f"federated-{fp.adapter}", "seed": fp.seed,
+        "name": FEDERATED_MEMBER, "enabled": True, "strategy": f"federated-{fp.member_adapter}", "seed": fp.seed,
         "classes": list(params.data.classes), "max_length": params.finetune.max_length, "initial_encoder": source,
         "valid_accuracy": history["final"]["accuracy"], "valid_nll": history["final"]["nll"],
         "federated": provenance})
@@ -227,11 +230,12 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     sent = bytes_per_site_round(messages)
     metrics = {
         "enabled": True, **{k: v for k, v in provenance.items() if k != "protections"}, "n_sites": len(sites),
-        "strategy": fp.strategy, "adapter": fp.adapter, "dp": fp.dp.enabled,
+        "strategy": fp.strategy, "adapter": fp.member_adapter, "dp": fp.dp.enabled,
         "gate_items": len(gate), "gate_kind": gate_kind, "gate_accuracy": history["final"]["accuracy"],
         "bytes_per_site_round": sent["mean"], "bytes_per_site_round_max": sent["max"],
         "seconds_per_round": float(np.mean([r["seconds"] for r in rounds])) if rounds else None,
         "site_failures": sum(r["failures"] for r in rounds),
+        "steps_taken": [r.get("step", 0.0) for r in rounds],  # the gate's step per round (0: not applied)
         "site_reputation": ({} if fp.secagg else  # hidden by design under secure aggregation
                             {r.site: round(float(r.gold_accuracy), 4)
                              for r in ledger[ledger["flower_run_id"] == run_id].itertuples()}),
@@ -240,7 +244,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     }
     eps = f"epsilon {epsilon:.2f} (delta {fp.dp.delta:g})" if fp.dp.enabled else "no DP"
     md = (f"## federated\n\n{len(sites)} sites ({', '.join(sites)}), {fp.rounds} rounds of {fp.strategy} "
-          f"({metrics['rounds_applied']} applied), {fp.adapter}; secure aggregation "
+          f"({metrics['rounds_applied']} applied), {fp.member_adapter}; secure aggregation "
           f"{'on' if fp.secagg else 'off'}; {eps}. Accuracy on {gate_kind}: {history['final']['accuracy']:.3f}. "
           f"{sent['mean'] / 1e6:.2f} MB per site per round."
           + (f" {metrics['site_failures']} site update(s) failed (history in reports/federated.json)."

@@ -25,6 +25,7 @@ class MemberSpec:
     unfreeze_layers: int = 1
     adapter: str = "partial"  # partial | lora
     lora_rank: int = 8
+    lora_targets: str = "all"  # all | attention (local_training.LORA_TARGETS)
     max_length: int = 64
     seed: int = 0
 
@@ -35,6 +36,7 @@ class LocalConfig:
     batch_size: int = 32
     lr_head: float = 3e-3
     lr_backbone: float = 5e-5
+    lora_plus_ratio: float = 1.0  # LoRA+: lr of the adapters' B matrices / lr of their A matrices
     proximal_mu: float = 0.0  # FedProx; 0 = FedAvg's plain local training
     dp_noise: float = 0.0  # DP-SGD noise multiplier; 0 = no DP
     dp_max_grad_norm: float = 1.0
@@ -51,6 +53,7 @@ class Job:
     strategy: str = "fedavg"
     secagg: bool = True
     gold_gate: bool = True
+    server_steps: tuple[float, ...] = (1.0,)  # the gate's line search along each round's update
     dp_epsilon: float = 0.0  # the target each site calibrates DP-SGD to; 0 = no DP
     dp_delta: float = 1e-5
     backbone_fingerprint: str = ""
@@ -60,6 +63,7 @@ class Job:
         return {"spec": json.dumps(asdict(self.spec)), "local": json.dumps(asdict(self.local)),
                 "classes": json.dumps(list(self.classes)), "rounds": self.rounds, "n-sites": self.n_sites,
                 "strategy": self.strategy, "secagg": self.secagg, "gold-gate": self.gold_gate,
+                "server-steps": json.dumps(list(self.server_steps)),
                 "dp-epsilon": float(self.dp_epsilon), "dp-delta": float(self.dp_delta),
                 "backbone-fingerprint": self.backbone_fingerprint, "job-dir": self.job_dir}
 
@@ -68,6 +72,7 @@ class Job:
         return cls(spec=MemberSpec(**json.loads(str(rc["spec"]))), local=LocalConfig(**json.loads(str(rc["local"]))),
                    classes=tuple(json.loads(str(rc["classes"]))), rounds=int(rc["rounds"]),
                    n_sites=int(rc["n-sites"]), strategy=str(rc["strategy"]), secagg=bool(rc["secagg"]),
-                   gold_gate=bool(rc["gold-gate"]), dp_epsilon=float(rc["dp-epsilon"]),
+                   gold_gate=bool(rc["gold-gate"]), server_steps=tuple(json.loads(str(rc["server-steps"]))),
+                   dp_epsilon=float(rc["dp-epsilon"]),
                    dp_delta=float(rc["dp-delta"]), backbone_fingerprint=str(rc["backbone-fingerprint"]),
                    job_dir=str(rc["job-dir"]))
