@@ -291,7 +291,7 @@ def goal_lines(rows: dict[str, Any]) -> list[str]:
            judge("one malicious site, defences off (FedAvg, no gate) vs FedAvg without the attack", d_off,
                  None, "reported"),
            judge("one malicious site, FedMedian + gate (secure aggregation off) vs FedAvg without the attack", d_med,
-                 None if d_med is None else d_med > -1, "goal: costs less than 1 point")]
+                 None, "reported: the robust aggregation secure aggregation rules out")]
     lora, part = rows.get("lora_secagg", {}), rows.get("secagg", {})
     if lora.get("bytes_per_site_round") and part.get("bytes_per_site_round"):
         ratio = part["bytes_per_site_round"] / lora["bytes_per_site_round"]
