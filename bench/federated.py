@@ -211,9 +211,7 @@ def main() -> int:
             log(f"{name}: FAILED {exc}")
             save()
             continue
-        fpr = params.federated
-        m, _ = build_member(MemberSpec(spec.backbone, 2, fpr.unfreeze_layers, fpr.member_adapter, fpr.lora_rank,
-                                       fpr.member_lora_targets, 64, fpr.seed))
+        m, _ = build_member(federated.member_spec(params, spec.backbone))
         with np.load(paths.federated_work / "job" / "result.npz") as npz:
             set_arrays(m, [npz[f"arr_{i}"] for i in range(len(npz.files))])
         acc = accuracy(m, test_cache, y_test)

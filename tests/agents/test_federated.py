@@ -15,7 +15,7 @@ from crowdforge import io
 from crowdforge.agents import federated
 from crowdforge.config import ParamsError, parse_params
 from crowdforge.federated.client_app import REPLY_METRICS
-from crowdforge.federated.local_training import MemberSpec, build_member, get_arrays
+from crowdforge.federated.local_training import build_member, get_arrays
 from crowdforge.federated.site_data import write_site
 from crowdforge.modeling.members import MEMBER_FILE
 from crowdforge.modeling.toy import toy_labelled, write_toy_blackboard
@@ -108,11 +108,8 @@ def test_no_text_label_or_per_example_value_reaches_the_coordinator(secagg_dp_ru
         for s in strings_in(m["configs"]):
             assert s not in labels and not any(t in s or s in t for t in all_texts if len(s) > 3), s
     # the masked vectors are the declared trainable tensors (after SecAgg+'s own leading weight factor), nothing more
-    fp = params.federated
-    assert fp.member_adapter == "lora"  # auto: DP is on, so the member trains LoRA adapters
-    model, _ = build_member(MemberSpec(params.pretrain.backbone, 3, unfreeze_layers=1, adapter=fp.member_adapter,
-                                       lora_rank=fp.lora_rank, lora_targets=fp.member_lora_targets, max_length=24,
-                                       seed=23))
+    assert params.federated.member_adapter == "lora"  # auto: DP is on, so the member trains LoRA adapters
+    model, _ = build_member(federated.member_spec(params, params.pretrain.backbone))
     n_arrays = len(get_arrays(model))
     masked = [m["configs"]["secaggplus_configs"]["masked_params"] for m in messages
               if "masked_params" in m["configs"].get("secaggplus_configs", {})]
@@ -135,7 +132,7 @@ def test_without_secagg_each_site_is_scored_and_robust_aggregation_runs(tiny_bac
     ledger = pd.read_parquet(paths.site_ledger)
     assert sorted(ledger["site"]) == ["north", "south"] and set(report["site_reputation"]) == {"north", "south"}
     messages = [json.loads(x) for x in (paths.federated_work / "job" / "messages.jsonl").read_text().splitlines()]
-    model, _ = build_member(MemberSpec(str(tiny_backbone), 3, adapter="lora", max_length=24, seed=23))
+    model, _ = build_member(federated.member_spec(params, params.pretrain.backbone))
     shapes = [list(a.shape) for a in get_arrays(model)]
     replies = [m for m in messages if m["arrays"]]
     assert len(replies) == 2 and all([a["shape"] for a in m["arrays"]["fitres.parameters"]] == shapes

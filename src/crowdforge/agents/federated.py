@@ -97,19 +97,25 @@ def disabled(params: Params, paths: Paths) -> dict[str, Any]:
                         "## federated\n\nDisabled (`federated.enabled: false`): no federated member.\n")
 
 
+def member_spec(params: Params, backbone: str) -> Any:
+    """The federated member's :class:`~crowdforge.federated.job.MemberSpec` (``auto`` settings resolved)."""
+    from crowdforge.federated.job import MemberSpec
+
+    fp = params.federated
+    return MemberSpec(backbone=backbone, n_classes=len(params.data.classes), unfreeze_layers=fp.unfreeze_layers,
+                      adapter=fp.member_adapter, lora_rank=fp.lora_rank, lora_targets=fp.member_lora_targets,
+                      max_length=params.finetune.max_length, seed=fp.seed)
+
+
 def make_job(params: Params, paths: Paths, n_sites: int, job_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The job every party reads (the member's spec, the sites' settings) and where the member starts."""
-    from crowdforge.federated.job import Job, LocalConfig, MemberSpec
+    from crowdforge.federated.job import Job, LocalConfig
     from crowdforge.modeling.backbone import backbone_fingerprint
     from crowdforge.modeling.members import encoder_source
 
     fp = params.federated
     backbone, source = encoder_source(paths, params)
-    job = Job(spec=MemberSpec(backbone=str(Path(backbone).resolve()) if Path(backbone).exists() else backbone,
-                              n_classes=len(params.data.classes), unfreeze_layers=fp.unfreeze_layers,
-                              adapter=fp.member_adapter, lora_rank=fp.lora_rank,
-                              lora_targets=fp.member_lora_targets, max_length=params.finetune.max_length,
-                              seed=fp.seed),
+    job = Job(spec=member_spec(params, str(Path(backbone).resolve()) if Path(backbone).exists() else backbone),
               local=LocalConfig(epochs=fp.local_epochs, batch_size=fp.batch_size, lr_head=fp.lr_head,
                                 lr_backbone=fp.lr_backbone, lora_plus_ratio=fp.lora_plus_ratio,
                                 proximal_mu=fp.proximal_mu if fp.strategy == "fedprox" else 0.0,
