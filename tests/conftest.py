@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the learnware package's files (crowdforge.market.learnware_home) stay out of the user's cache
+os.environ.setdefault("CROWDFORGE_LEARNWARE_HOME", tempfile.mkdtemp(prefix="crowdforge-learnware-"))
 
 import pytest
 import yaml

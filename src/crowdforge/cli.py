@@ -534,14 +534,40 @@ def market_export(
     typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
+@market_app.command("specify")
+def market_specify(
+    version: Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")],
+    texts: Annotated[Path, typer.Option("--texts", help="The version's training texts (e.g. that run's "
+                                        "data/processed/labels.parquet): .txt, or CSV/Parquet/JSONL with `text`.")],
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Registered model name (default register.model_name).")] = None,
+    params: ParamsOpt = Path("params.yaml"),
+    root: RootOpt = Path("."),
+    set_: SetOpt = None,
+) -> None:
+    """Attach a specification to a version registered without one, so search can find it."""
+    p, paths = _load(params, root, set_)
+    from crowdforge.market.backfill import specify_version
+    from crowdforge.registry.predict import PredictError, read_texts
+
+    try:
+        tags = specify_version(p, paths, version, read_texts(texts), model)
+    except (PredictError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"specified {model or p.register.model_name} version {version}: "
+               + ", ".join(f"{k}={v}" for k, v in tags.items() if k != "market.description"))
+
+
 @market_app.command("reuse")
 def market_reuse(
     texts: TextsOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder for the reused model, predictions.csv and reuse.json.")],
     classes: ClassesOpt = None,
-    method: Annotated[str, typer.Option(
-        "--method", help="average | select (job selector: each text to the model whose specification fits it "
-                         "best) | prune (needs --labels: keep the models whose average scores best)")] = "average",
+    method: Annotated[str | None, typer.Option(
+        "--method", help="average (default without labels) | select (job selector: each text to the model whose "
+                         "specification fits it best) | augment (default with --labels: a classifier on your labels "
+                         "over the models' outputs and the texts' embeddings) | prune (needs --labels: keep the "
+                         "models whose average scores best)")] = None,
     labels: Annotated[Path | None, typer.Option(
         "--labels", help="A few labelled texts: CSV/Parquet/JSONL with `text` and `label`.")] = None,
     top: Annotated[int, typer.Option("--top", help="Models to reuse, closest first.")] = 3,

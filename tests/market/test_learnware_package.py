@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from conftest import random_ensemble
 
+from crowdforge.market.learnware_home import use_learnware_home
 from crowdforge.market.learnware_package import (
     fit_embedding_head,
     learnware_semantic_spec,
     load_learnware_zip,
-    use_learnware_home,
     write_learnware_zip,
 )
 from crowdforge.modeling.inference import Ensemble, softmax

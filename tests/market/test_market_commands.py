@@ -108,6 +108,17 @@ def test_reuse_without_and_with_labels_and_register_the_result(project, tmp_path
     assert pruned.exit_code == 0, pruned.output
     record = json.loads((tmp_path / "pruned" / "reuse.json").read_text())
     assert record["kept"] == ["models:/crowdforge/1"] and record["classes"] == ["negative", "positive"]
+    augmented = cli(project, "market", "reuse", "--texts", texts, "--out", tmp_path / "aug", "--labels", labels,
+                    "--classes", "negative,positive")  # augment: the default with labels
+    assert augmented.exit_code == 0, augmented.output
+    record = json.loads((tmp_path / "aug" / "reuse.json").read_text())
+    assert record["method"] == "augment" and record["augment"]["labels"] == 30
+    model = json.loads((tmp_path / "aug" / "augment.json").read_text())
+    assert model["sources"] == ["models:/crowdforge/1"] and model["classes"] == ["negative", "positive"]
+    assert set(pd.read_csv(tmp_path / "aug" / "predictions.csv")["label"]) <= {"negative", "positive"}
+    refused = cli(project, "market", "reuse", "--texts", texts, "--out", tmp_path / "x", "--labels", labels,
+                  "--register", "r2")
+    assert refused.exit_code == 2 and "not an ensemble folder" in refused.output
     select = cli(project, "market", "reuse", "--texts", texts, "--out", tmp_path / "sel", "--method", "select")
     assert select.exit_code == 0 and json.loads((tmp_path / "sel" / "reuse.json").read_text())["routed"]
     no_labels = cli(project, "market", "reuse", "--texts", texts, "--out", tmp_path / "x", "--method", "prune")
@@ -136,3 +147,28 @@ def test_a_registered_model_is_a_backbone_to_fine_tune(project):
     assert report["steps"] > 0 and "models:/crowdforge/1" in report["summary_md"]
     with pytest.raises(ValueError, match="no version '9'"):
         registry_backbone("models:/crowdforge/9", params, paths)
+
+
+def test_a_version_registered_without_a_specification_gets_one(project, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from crowdforge.agents.register import log_pyfunc
+    from crowdforge.registry.tracking import connect
+
+    params, paths = load_params(project / "params.yaml"), Paths(project)
+    with mlflow.start_run(experiment_id=connect(params, paths)):  # what a version from before specifications is
+        log_pyfunc(paths.ensemble, list(params.data.classes), "legacy")
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(pd.read_parquet(paths.labels)["text"].iloc[:80]))
+    before = cli(project, "market", "search", "--texts", texts)
+    assert "have no specification" in before.output and "models:/legacy/1" in before.output
+    done = cli(project, "market", "specify", "1", "--model", "legacy", "--texts", paths.labels)
+    assert done.exit_code == 0, done.output
+    assert json.loads(MlflowClient().get_model_version("legacy", "1").tags["market.classes"]) == [
+        "negative", "neutral", "positive"]
+    after = cli(project, "market", "search", "--texts", texts)
+    assert "\nlegacy " in after.output  # a row of the table
+    assert "legacy" not in after.output.partition("have no specification")[2]
+    again = cli(project, "market", "specify", "1", "--model", "legacy", "--texts", paths.labels)
+    assert again.exit_code == 2 and "already has a specification" in again.output

@@ -115,3 +115,50 @@ def test_restricted_renormalises_each_member_over_the_users_classes(tiny_backbon
         expected = expected + wk * p / p.sum(1, keepdims=True)
     cut = R.restricted(load_ensemble(folder), ["positive", "negative"])
     np.testing.assert_allclose(cut.predict_proba(texts), expected, atol=1e-6)
+
+
+def test_choose_takes_the_closest_models_with_the_classes_once_one_is_suitable(market):
+    from dataclasses import replace
+
+    matches, _ = search(user_task(generate_texts(120, seed=9)["text"].tolist(), ["negative", "positive"]), market)
+    classes, chosen = R.choose(matches, ["negative", "positive"], 3)
+    assert classes == ["negative", "positive"]
+    assert [m.entry.model for m in chosen] == ["reviews", "products"]  # the far one too: it has the classes
+    assert R.choose(matches, None, 1)[0] == ["negative", "neutral", "positive"]  # the suitable model's classes
+    with pytest.raises(ValueError, match="no suitable model"):
+        R.choose([replace(m, coverage=0.0) for m in matches], None, 3)
+
+
+def _labelled_task(seed: int, n: int, classes: int = 3) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Embeddings whose first coordinate carries the class, and a model that confuses classes 0 and 1."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(size=(n, 8))
+    x[:, 0] = y + 0.2 * rng.normal(size=n)
+    model = np.full((n, classes), 0.05)
+    model[np.arange(n), np.where(y == 1, 0, y)] = 0.9
+    return x, y, [model / model.sum(1, keepdims=True)]
+
+
+def test_augment_learns_what_the_model_misses_and_keeps_what_it_knows():
+    x, y, probs = _labelled_task(0, 120)
+    fit = R.fit_augmented(x, probs, y, ["a", "b", "c"])
+    x_new, y_new, probs_new = _labelled_task(1, 300)
+    p = fit.predict_proba(x_new, probs_new)
+    np.testing.assert_allclose(p.sum(1), 1.0)
+    assert (p.argmax(1) == y_new).mean() > 0.9 > (probs_new[0].argmax(1) == y_new).mean()
+    assert fit.folds == 5 and fit.c in R.AUGMENT_CS
+    again = R.Augmented.from_json(fit.to_json())
+    np.testing.assert_allclose(again.predict_proba(x_new, probs_new), p)
+
+
+def test_augment_gives_an_unlabelled_class_no_probability_and_needs_two_classes():
+    x, y, probs = _labelled_task(2, 60)
+    keep = y != 2  # class c never labelled; class b labelled once: no folds, C = 1
+    keep[np.flatnonzero(y == 1)[1:]] = False
+    fit = R.fit_augmented(x[keep], [probs[0][keep]], y[keep], ["a", "b", "c"])
+    assert fit.folds == 0 and fit.c == 1.0
+    p = R.Augmented.from_json(fit.to_json()).predict_proba(x, probs)
+    assert np.all(p[:, 2] == 0.0) and np.allclose(p.sum(1), 1.0)
+    with pytest.raises(ValueError, match="only one class"):
+        R.fit_augmented(x[y == 0], [probs[0][y == 0]], y[y == 0], ["a", "b", "c"])

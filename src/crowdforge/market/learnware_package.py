@@ -44,7 +44,7 @@ stat checkers then reject it (its ``predict`` raises on vectors), crowdforge's o
 
 The ``learnware`` import is lazy everywhere (it takes ~15 s) and ``import learnware`` creates
 ``~/.learnware`` (``config.py`` derives every path from ``~`` at import); :func:`use_learnware_home`
-keeps all of its files in a chosen folder.
+(:mod:`crowdforge.market.learnware_home`) keeps all of its files elsewhere.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from crowdforge.market.learnware_home import import_learnware
 from crowdforge.market.spec import RKME_FILE, SEMANTIC_FILE
 
 MODEL_CLASS = "CrowdforgeLearnware"
@@ -154,38 +155,6 @@ class CrowdforgeLearnware(BaseModel):
 
 
 # --- the learnware package's files --------------------------------------------------------------
-def use_learnware_home(home: str | Path) -> Path:
-    """Keep every file the ``learnware`` package writes (config root, market pools, sqlite databases,
-    model cache, stdout, the client's pool) under ``home/.learnware``; returns that root.
-
-    ``learnware/config.py`` computes its paths from ``~`` when imported and ``import learnware`` then
-    creates them, so the first import happens with ``HOME`` pointed at ``home`` (and restored);
-    if the package was imported already, its config ``C`` is redirected instead. Call it before any
-    market is made. ``learnware.init()`` would reset ``C`` to the import-time defaults.
-    """
-    home = Path(home).resolve()
-    root = home / ".learnware"
-    if "learnware" not in sys.modules:
-        previous = os.environ.get("HOME")
-        os.environ["HOME"] = str(home)
-        try:
-            import learnware  # noqa: F401
-        finally:
-            if previous is None:
-                os.environ.pop("HOME", None)
-            else:
-                os.environ["HOME"] = previous
-    from learnware.config import C
-
-    database = root / "database"
-    C.update(root_path=str(root), market_root_path=str(root), database_path=str(database),
-             database_url=f"sqlite:///{database}", stdout_path=str(root / "stdout"), cache_path=str(root / "cache"))
-    for key in ("root_path", "database_path", "stdout_path", "cache_path"):
-        Path(C[key]).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("LEARNWARE_STORAGE_PATH", str(root / "default" / "learnware_pool"))  # LearnwareClient
-    return root
-
-
 def _semantic_config() -> dict[str, Any]:
     """The installed package's allowed semantic values (``C["semantic_specs"]``).
 
@@ -434,6 +403,7 @@ class LearnwarePackage:
 
     def rkme(self) -> Any:
         """The RKMETableSpecification (imports ``learnware.specification``: ~15 s the first time)."""
+        import_learnware()
         from learnware.specification import RKMETableSpecification
 
         with zipfile.ZipFile(self.path) as zf, tempfile.TemporaryDirectory() as tmp:

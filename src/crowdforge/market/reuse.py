@@ -9,9 +9,22 @@ Without labels (data-free):
   ``j``'s training texts at ``x`` (Wu et al. 2021 route by the same RKMEs, through a classifier trained
   on herded samples; evaluating the kernel mean directly needs no training).
 
-With a few labels: ``prune``, greedy forward selection of the models whose averaged probabilities
-score best on the labelled texts (ensemble pruning, Zhou 2012 "Ensemble Methods", ch. 6), ties
-broken towards fewer models.
+With a few labels:
+
+- ``augment`` (the default with labels): feature augmentation, the learnware market's
+  ``FeatureAugmentReuser`` (Tan et al. 2024, Beimingwu). A multinomial logistic regression on the
+  user's labels over each text's shared-space embedding (:mod:`crowdforge.market.features`) and the
+  top models' log-probabilities: the models' outputs are features the labels learn how far to trust,
+  the embedding lets them correct what the models miss. The L2 strength is chosen by cross-validated
+  log-loss on the labels themselves (:func:`fit_augmented`).
+- ``prune``: greedy forward selection of the models whose averaged probabilities score best on the
+  labelled texts (ensemble pruning, Zhou 2012 "Ensemble Methods", ch. 6), ties broken towards fewer
+  models.
+
+Which models: the search's order (closest specification first) among the models that predict the
+user's classes, the top ``top`` of them, provided at least one is *suitable* (covers the user's
+texts); averaging a few near models rather than the single nearest lowers the variance of one
+model's errors, which is what the learnware market's averaging reuser does with its search results.
 
 Every model's probabilities are restricted to the user's classes (renormalised), so a model trained on
 more classes can serve a task that needs fewer. ``average`` and ``prune`` results are ordinary
@@ -23,6 +36,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +45,11 @@ import numpy as np
 from crowdforge.market.catalog import Entry
 from crowdforge.market.spec import density
 
-METHODS = ("average", "select", "prune")
+METHODS = ("average", "select", "prune", "augment")
+#: Candidate inverse L2 strengths for :func:`fit_augmented`; the labels choose among them by
+#: cross-validated log-loss (sklearn's default grid, widened at both ends).
+AUGMENT_CS = tuple(float(c) for c in np.logspace(-3, 3, 13))
+AUGMENT_FILE = "augment.json"
 
 
 def ensemble_dir(entry: Entry, cache: Path) -> Path:
@@ -112,6 +130,70 @@ def prune(probs: Sequence[np.ndarray], y: np.ndarray) -> list[int]:
         best = score
 
 
+def augmented_features(x: np.ndarray, probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Each text's embedding followed by every model's log-probabilities (floored at 1e-6)."""
+    return np.hstack([np.asarray(x, dtype=np.float64), *[np.log(np.clip(p, 1e-6, 1.0)) for p in probs]])
+
+
+@dataclass(frozen=True)
+class Augmented:
+    """A fitted feature-augmentation reuser: ``softmax(features @ coef.T + intercept)`` over ``classes``."""
+
+    classes: list[str]
+    coef: np.ndarray  # (C, D + models * C); rows of classes absent from the labels are -inf biased
+    intercept: np.ndarray
+    c: float  # the inverse L2 strength the cross-validation chose
+    folds: int
+
+    def predict_proba(self, x: np.ndarray, probs: Sequence[np.ndarray]) -> np.ndarray:
+        z = augmented_features(x, probs) @ self.coef.T + self.intercept
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"classes": self.classes, "coef": self.coef.tolist(),
+                "intercept": [x if np.isfinite(x) else None for x in self.intercept.tolist()],
+                "c": self.c, "folds": self.folds}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Augmented:
+        icpt = np.array([-np.inf if x is None else x for x in d["intercept"]], dtype=np.float64)
+        return Augmented(list(d["classes"]), np.asarray(d["coef"], dtype=np.float64), icpt, float(d["c"]),
+                         int(d["folds"]))
+
+
+def fit_augmented(x: np.ndarray, probs: Sequence[np.ndarray], y: np.ndarray, classes: Sequence[str],
+                  seed: int = 0) -> Augmented:
+    """Fit :class:`Augmented` on labelled texts (``x`` their embeddings, ``probs`` each model's
+    probabilities on them, ``y`` class indices). The L2 strength is the one with the best
+    stratified-cross-validated log-loss over :data:`AUGMENT_CS` (as many folds as the rarest labelled
+    class allows, at most 5); with a class labelled once, no folds can hold it out and ``C = 1``."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y)
+    present = np.unique(y)
+    if len(present) < 2:
+        raise ValueError(f"the labels name only one class ({classes[int(present[0])]}): augment needs two or more")
+    feats = augmented_features(x, probs)
+    folds = int(min(5, np.bincount(y)[present].min()))
+    if folds >= 2:
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        clf = LogisticRegressionCV(Cs=list(AUGMENT_CS), cv=cv, scoring="neg_log_loss", max_iter=5000).fit(feats, y)
+        c = float(clf.C_[0])
+    else:
+        clf, c, folds = LogisticRegression(C=1.0, max_iter=5000).fit(feats, y), 1.0, 0
+    coef = np.zeros((len(classes), feats.shape[1]))
+    intercept = np.full(len(classes), -np.inf)
+    if len(clf.classes_) == 2:  # sklearn's binary form: one row for the second class
+        coef[clf.classes_[1]], intercept[clf.classes_[1]] = clf.coef_[0], clf.intercept_[0]
+        intercept[clf.classes_[0]] = 0.0
+    else:
+        coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
+    return Augmented(list(classes), coef, intercept, c, folds)
+
+
 def combine(dirs: Sequence[Path], weights: Sequence[float], classes: Sequence[str], out: Path,
             sources: Sequence[str], method: str) -> Path:
     """One crowdforge ensemble folder whose prediction is ``sum_j w_j p_j(y | x)`` over the user's classes.
@@ -157,47 +239,65 @@ def model_probs(dirs: Sequence[Path], texts: Sequence[str], classes: Sequence[st
     return [restricted(load_ensemble(d), classes, str(d)).predict_proba(list(texts)) for d in dirs]
 
 
-def reuse(params: Any, paths: Any, user: Any, method: str, top: int, out: Path,
+def choose(matches: Sequence[Any], classes: Sequence[str] | None, top: int) -> tuple[list[str], list[Any]]:
+    """The user's classes (the closest suitable model's when not named) and the ``top`` closest matches
+    that predict all of them; ValueError when no match is suitable. ``matches`` are the search's, closest
+    first."""
+    if not any(m.suitable for m in matches):
+        raise ValueError("no suitable model in the market for these texts (crowdforge market search shows why)")
+    classes = list(classes or next(m for m in matches if m.suitable).entry.semantic.classes)
+    return classes, [m for m in matches if set(classes) <= set(m.entry.semantic.classes)][:top]
+
+
+def reuse(params: Any, paths: Any, user: Any, method: str | None, top: int, out: Path,
           labelled: tuple[list[str], list[str]] | None = None, zips: Path | None = None,
           register_as: str | None = None) -> dict[str, Any]:
-    """Search, then build the user's model from the ``top`` suitable matches with ``method``; writes
-    ``out/`` (the ensemble folder for average/prune, ``predictions.csv`` of the user's texts and
-    ``reuse.json``) and optionally registers it. Raises ValueError when nothing suitable exists."""
+    """Search, then build the user's model from the ``top`` closest models that predict the user's
+    classes (when at least one suitable model exists) with ``method`` (default: ``augment`` given
+    labels, else ``average``). Writes ``out/``: the ensemble folder for average/prune,
+    ``augment.json`` for augment, ``predictions.csv`` of the user's texts and ``reuse.json``; optionally
+    registers an ensemble. Raises ValueError when nothing suitable exists."""
     import pandas as pd
 
     from crowdforge import io
     from crowdforge.market.search import market_entries, search
 
+    method = method or ("augment" if labelled else "average")
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
-    if method == "prune" and not labelled:
-        raise ValueError("--method prune needs --labels (a CSV/Parquet with `text` and `label`)")
-    if method == "select" and register_as:
-        raise ValueError("a job selector's routing is not an ensemble folder: register average or prune results")
+    if method in ("prune", "augment") and not labelled:
+        raise ValueError(f"--method {method} needs --labels (a CSV/Parquet with `text` and `label`)")
+    if method in ("select", "augment") and register_as:
+        raise ValueError(f"a {method} result is not an ensemble folder: register average or prune results")
     entries, _ = market_entries(params, paths, zips)
-    matches = [m for m in search(user, entries)[0] if m.suitable]
-    if not matches:
-        raise ValueError("no suitable model in the market for these texts (crowdforge market search shows why)")
-    classes = list(user.classes or matches[0].entry.semantic.classes)
-    chosen = [m for m in matches if set(classes) <= set(m.entry.semantic.classes)][:top]
+    classes, chosen = choose(search(user, entries)[0], user.classes, top)
     cache = paths.cache / "market"
     dirs = [ensemble_dir(m.entry, cache) for m in chosen]
     sources = [m.entry.uri for m in chosen]
     probs = model_probs(dirs, user.texts, classes)
     record: dict[str, Any] = {"method": method, "classes": classes, "sources": sources,
                               "mmd2": [m.mmd2 for m in chosen], "verdicts": [m.verdict for m in chosen]}
-    if method == "prune":
+    if labelled:
         texts, labels = labelled
         unknown = sorted(set(labels) - set(classes))
         if unknown:
             raise ValueError(f"labels {unknown} are not among the classes {classes}")
         y = np.array([classes.index(lab) for lab in labels])
-        keep = prune(model_probs(dirs, texts, classes), y)
+        labelled_probs = model_probs(dirs, texts, classes)
+    if method == "prune":
+        keep = prune(labelled_probs, y)
         record["kept"] = [sources[i] for i in keep]
         dirs, sources, probs = [dirs[i] for i in keep], [sources[i] for i in keep], [probs[i] for i in keep]
     if method == "select":
         p, route = select([m.entry for m in chosen], probs, user.x)
         record["routed"] = {s: int((route == i).sum()) for i, s in enumerate(sources)}
+    elif method == "augment":
+        from crowdforge.market.features import embed
+
+        model = fit_augmented(embed(texts), labelled_probs, y, classes, params.market.seed)
+        p = model.predict_proba(user.x, probs)
+        record["augment"] = {"c": model.c, "folds": model.folds, "labels": len(labels)}
+        io.write_json(out / AUGMENT_FILE, {"sources": sources, **model.to_json()})
     else:
         p = average(probs)
         combine(dirs, [1.0] * len(dirs), classes, out / "ensemble", sources, method)

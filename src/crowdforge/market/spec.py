@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from crowdforge.market.features import FEATURE_SPACE
+from crowdforge.market.learnware_home import import_learnware
 
 #: Kernel bandwidth on unit vectors, by the median heuristic (``1 / median squared distance``): the
 #: median squared distance between 600 texts of a set was 1.63 for SST-2, 1.67 for MD-Agreement, 0.44
@@ -67,6 +68,8 @@ def rkme(x: np.ndarray, points: int, seed: int = 0, private: bool = False) -> An
     ``private`` one (a model's, which leaves the data's owner) has every reduced-set point standing for
     at least :data:`MIN_SUPPORT` rows (:func:`drop_thin_points`); a user's own search RKME need not."""
     import torch
+
+    import_learnware()
     from learnware.specification import RKMETableSpecification
 
     torch.manual_seed(seed)  # k-means initialisation
@@ -86,6 +89,8 @@ MIN_SUPPORT = 5
 def drop_thin_points(spec: Any, x: np.ndarray) -> Any:
     """Remove reduced-set points nearer to fewer than :data:`MIN_SUPPORT` rows of ``x``; re-solve beta."""
     import torch
+
+    import_learnware()
     from learnware.specification import rkme_solve_qp
 
     z = spec.z.detach().cpu().numpy().reshape(spec.z.shape[0], -1)
@@ -201,6 +206,7 @@ def save_spec(folder: Path, spec: Any, stat: StatSpec) -> None:
 
 
 def load_rkme(path: Path) -> Any:
+    import_learnware()
     from learnware.specification import RKMETableSpecification
 
     spec = RKMETableSpecification(gamma=GAMMA, cuda_idx=-1)
