@@ -42,6 +42,7 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import mean
 from typing import Any
@@ -306,7 +307,8 @@ def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def markdown(res: dict[str, Any]) -> str:
+def markdown(res: dict[str, Any], others: Sequence[dict[str, Any]] = ()) -> str:
+    """The BENCHMARKS.md section for ``res``, plus the goals judged on ``others`` (builds at other seeds)."""
     lines = [(f"Command: `{res.get('command', 'python bench/market.py')}` on {res.get('machine', '?')}; "
              f"{res.get('date', '')}. Results file `.crowdforge/bench/market.json` (rerender: `--from-json`)."), ""]
     b = res.get("build", {})
@@ -364,7 +366,10 @@ def markdown(res: dict[str, Any]) -> str:
         gains = [label_gain(v["100"]) for v in lab.values()]
         lines += ["", (f"At 100 labels, the best of (a)/(a')/(b) minus (c): mean {100 * mean(gains):+.1f} points, "
                   f"smallest {100 * min(gains):+.1f}.")]
-    lines += ["", "Goals:", "", *goals(res), "", *NOTES]
+    lines += ["", "Goals:", "", *goals(res)]
+    for other in others:
+        lines += ["", f"The same goals on another build (`{other.get('command', '')}`):", "", *goals(other)]
+    lines += ["", *NOTES]
     return "\n".join(lines) + "\n"
 
 
@@ -448,11 +453,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=RESULTS, help="the results file (one per --seed and --work)")
     ap.add_argument("--from-json", action="store_true", help="only re-render BENCHMARKS.md from the results file")
+    ap.add_argument("--other-results", default="", help="with --from-json: results files of other build seeds, "
+                    "comma-separated, whose goals are listed too")
     ap.add_argument("--fresh", action="store_true", help="forget earlier results (build skips the domains it has)")
     args = ap.parse_args()
     RESULTS = args.results
     if args.from_json:
-        write_section(markdown(json.loads(RESULTS.read_text())))
+        others = [json.loads(Path(f).read_text()) for f in args.other_results.split(",") if f]
+        write_section(markdown(json.loads(RESULTS.read_text()), others))
         return 0
     if not SHARED.exists():
         print(f"skipped: {SHARED} is absent (the market benchmark needs the shared text sets)")

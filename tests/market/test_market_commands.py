@@ -100,6 +100,7 @@ def test_reuse_without_and_with_labels_and_register_the_result(project, tmp_path
     assert reused.classes == ["negative", "neutral", "positive"]
     version = MlflowClient().get_model_version("reused", "1")
     assert version.tags["reused_from"] == "models:/crowdforge/1" and version.tags["reuse_method"] == "average"
+    assert json.loads(version.tags["market.classes"]) == ["negative", "neutral", "positive"]  # the market finds it
 
     labels = tmp_path / "labels.csv"
     data[data["label"] != "neutral"].iloc[:30].to_csv(labels, index=False)
@@ -107,14 +108,16 @@ def test_reuse_without_and_with_labels_and_register_the_result(project, tmp_path
                  "--labels", labels, "--classes", "negative,positive")
     assert pruned.exit_code == 0, pruned.output
     record = json.loads((tmp_path / "pruned" / "reuse.json").read_text())
-    assert record["kept"] == ["models:/crowdforge/1"] and record["classes"] == ["negative", "positive"]
+    market = ["models:/crowdforge/1", "models:/reused/1"]  # the registered reuse is on the market now
+    assert sorted(record["sources"]) == market and record["kept"] and set(record["kept"]) <= set(market)
+    assert record["classes"] == ["negative", "positive"]
     augmented = cli(project, "market", "reuse", "--texts", texts, "--out", tmp_path / "aug", "--labels", labels,
                     "--classes", "negative,positive")  # augment: the default with labels
     assert augmented.exit_code == 0, augmented.output
     record = json.loads((tmp_path / "aug" / "reuse.json").read_text())
     assert record["method"] == "augment" and record["augment"]["labels"] == 30
     model = json.loads((tmp_path / "aug" / "augment.json").read_text())
-    assert model["sources"] == ["models:/crowdforge/1"] and model["classes"] == ["negative", "positive"]
+    assert sorted(model["sources"]) == market and model["classes"] == ["negative", "positive"]
     assert set(pd.read_csv(tmp_path / "aug" / "predictions.csv")["label"]) <= {"negative", "positive"}
     refused = cli(project, "market", "reuse", "--texts", texts, "--out", tmp_path / "x", "--labels", labels,
                   "--register", "r2")

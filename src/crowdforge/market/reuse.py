@@ -305,28 +305,40 @@ def reuse(params: Any, paths: Any, user: Any, method: str | None, top: int, out:
                          "confidence": p.max(1), **{f"prob_{c}": p[:, j] for j, c in enumerate(classes)}})
     io.write_text(out / "predictions.csv", pred.to_csv(index=False))
     if register_as:
-        record["registered"] = register_reused(params, paths, out / "ensemble", classes, register_as, record)
+        record["registered"] = register_reused(params, paths, out / "ensemble", classes, register_as, record,
+                                               user.texts)
     io.write_json(out / "reuse.json", record)
     return record
 
 
 def register_reused(params: Any, paths: Any, folder: Path, classes: list[str], name: str,
-                    record: dict[str, Any]) -> str:
-    """Register a reused ensemble with lineage naming its sources; returns its ``models:/`` URI."""
+                    record: dict[str, Any], texts: Sequence[str]) -> str:
+    """Register a reused ensemble with lineage naming its sources, and (with ``market.spec``) a
+    specification of the user's ``texts``, the task it was built for, so the market finds it too;
+    returns its ``models:/`` URI."""
     import mlflow
     from mlflow import MlflowClient
 
     from crowdforge.agents.register import log_pyfunc
+    from crowdforge.market.catalog import specify
     from crowdforge.registry.tracking import connect
 
     experiment_id = connect(params, paths)
+    tags = {"reused_from": ",".join(record["sources"]), "reuse_method": record["method"]}
+    semantic = None
     with mlflow.start_run(experiment_id=experiment_id, run_name="market_reuse"):
-        mlflow.set_tags({"reused_from": ",".join(record["sources"]), "reuse_method": record["method"]})
+        mlflow.set_tags(tags)
         mlflow.log_dict(record, "lineage/reuse.json")
+        if params.market.spec:
+            staging = paths.cache / "market" / "spec-staging-reuse"
+            shutil.rmtree(staging, ignore_errors=True)
+            semantic = specify(texts, classes, name, params.market, staging, folder)
+            mlflow.log_artifacts(str(staging), artifact_path="spec")
+            shutil.rmtree(staging, ignore_errors=True)
         info = log_pyfunc(folder, classes, name)
     version = str(info.registered_model_version)
     client = MlflowClient()
-    for key, value in {"reused_from": ",".join(record["sources"]), "reuse_method": record["method"]}.items():
+    for key, value in {**tags, **(semantic.to_tags() if semantic is not None else {})}.items():
         client.set_model_version_tag(name, version, key, value)
     return f"models:/{name}/{version}"
 
