@@ -117,16 +117,22 @@ def test_restricted_renormalises_each_member_over_the_users_classes(tiny_backbon
     np.testing.assert_allclose(cut.predict_proba(texts), expected, atol=1e-6)
 
 
-def test_choose_takes_the_closest_models_with_the_classes_once_one_is_suitable(market):
+def test_choose_takes_the_closest_suitable_models_with_the_classes(market):
     from dataclasses import replace
 
     matches, _ = search(user_task(generate_texts(120, seed=9)["text"].tolist(), ["negative", "positive"]), market)
+    assert [m.entry.model for m in matches] == ["reviews", "products"]
     classes, chosen = R.choose(matches, ["negative", "positive"], 3)
     assert classes == ["negative", "positive"]
-    assert [m.entry.model for m in chosen] == ["reviews", "products"]  # the far one too: it has the classes
-    assert R.choose(matches, None, 1)[0] == ["negative", "neutral", "positive"]  # the suitable model's classes
-    with pytest.raises(ValueError, match="no suitable model"):
+    assert [m.entry.model for m in chosen] == ["reviews"]  # products has the classes but is far
+    both = [replace(m, coverage=1.0) for m in matches]
+    assert [m.entry.model for m in R.choose(both, ["negative", "positive"], 3)[1]] == ["reviews", "products"]
+    assert [m.entry.model for m in R.choose(both, None, 3)[1]] == ["reviews"]  # the closest's classes
+    assert R.choose(both, None, 3)[0] == ["negative", "neutral", "positive"]
+    with pytest.raises(ValueError, match="no suitable model in the market for"):
         R.choose([replace(m, coverage=0.0) for m in matches], None, 3)
+    with pytest.raises(ValueError, match="predicts all of"):
+        R.choose(matches[1:] and [replace(matches[1], coverage=1.0)], ["neutral"], 3)
 
 
 def _labelled_task(seed: int, n: int, classes: int = 3) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:

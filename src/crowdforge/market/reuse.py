@@ -21,10 +21,11 @@ With a few labels:
   labelled texts (ensemble pruning, Zhou 2012 "Ensemble Methods", ch. 6), ties broken towards fewer
   models.
 
-Which models: the search's order (closest specification first) among the models that predict the
-user's classes, the top ``top`` of them, provided at least one is *suitable* (covers the user's
-texts); averaging a few near models rather than the single nearest lowers the variance of one
-model's errors, which is what the learnware market's averaging reuser does with its search results.
+Which models: the *suitable* ones (most of the user's texts are typical of their training texts) that
+predict the user's classes, the ``top`` closest of them. A model whose training texts do not cover the
+user's has no evidence behind its accuracy there: on the market benchmark, averaging in the nearest
+unsuitable models cost up to 4.5 points against the best model once the in-domain models were well
+trained (BENCHMARKS.md).
 
 Every model's probabilities are restricted to the user's classes (renormalised), so a model trained on
 more classes can serve a task that needs fewer. ``average`` and ``prune`` results are ordinary
@@ -240,20 +241,24 @@ def model_probs(dirs: Sequence[Path], texts: Sequence[str], classes: Sequence[st
 
 
 def choose(matches: Sequence[Any], classes: Sequence[str] | None, top: int) -> tuple[list[str], list[Any]]:
-    """The user's classes (the closest suitable model's when not named) and the ``top`` closest matches
-    that predict all of them; ValueError when no match is suitable. ``matches`` are the search's, closest
-    first."""
-    if not any(m.suitable for m in matches):
+    """The user's classes (the closest suitable model's when not named) and the ``top`` closest suitable
+    matches that predict all of them; ValueError when there are none. ``matches`` are the search's,
+    closest first."""
+    suitable = [m for m in matches if m.suitable]
+    if not suitable:
         raise ValueError("no suitable model in the market for these texts (crowdforge market search shows why)")
-    classes = list(classes or next(m for m in matches if m.suitable).entry.semantic.classes)
-    return classes, [m for m in matches if set(classes) <= set(m.entry.semantic.classes)][:top]
+    classes = list(classes or suitable[0].entry.semantic.classes)
+    chosen = [m for m in suitable if set(classes) <= set(m.entry.semantic.classes)][:top]
+    if not chosen:
+        raise ValueError(f"no suitable model in the market predicts all of {classes}")
+    return classes, chosen
 
 
 def reuse(params: Any, paths: Any, user: Any, method: str | None, top: int, out: Path,
           labelled: tuple[list[str], list[str]] | None = None, zips: Path | None = None,
           register_as: str | None = None) -> dict[str, Any]:
-    """Search, then build the user's model from the ``top`` closest models that predict the user's
-    classes (when at least one suitable model exists) with ``method`` (default: ``augment`` given
+    """Search, then build the user's model from the ``top`` closest suitable models that predict the
+    user's classes (:func:`choose`) with ``method`` (default: ``augment`` given
     labels, else ``average``). Writes ``out/``: the ensemble folder for average/prune,
     ``augment.json`` for augment, ``predictions.csv`` of the user's texts and ``reuse.json``; optionally
     registers an ensemble. Raises ValueError when nothing suitable exists."""
