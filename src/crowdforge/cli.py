@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params.yaml to read.")]
 RootOpt = Annotated[Path, typer.Option("--root", help="Project folder holding data/, models/, reports/.")]
+VersionArg = Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="Registered model name (default register.model_name).")]
 SetOpt = Annotated[list[str] | None,
                    typer.Option("--set", "-S", help="Override a param: section.key=value (YAML value).")]
 
@@ -286,7 +288,7 @@ def rollback(
 
 @app.command()
 def lineage(
-    version: Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")],
+    version: VersionArg,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
     set_: SetOpt = None,
@@ -303,7 +305,7 @@ def lineage(
 
 @app.command()
 def export(
-    version: Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")],
+    version: VersionArg,
     to: Annotated[Path, typer.Option("--to", help="Folder to write: new, empty, or an earlier export.")],
     license_: Annotated[str | None, typer.Option(
         "--license", help="Hub licence id for the model card (default: the version's market.licence, "
@@ -515,10 +517,9 @@ def market_search(
 
 @market_app.command("export")
 def market_export(
-    version: Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")],
+    version: VersionArg,
     out: Annotated[Path, typer.Option("--out", help="The learnware zip to write.")],
-    model: Annotated[str | None, typer.Option(
-        "--model", help="Registered model name (default register.model_name).")] = None,
+    model: ModelOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
     set_: SetOpt = None,
@@ -536,11 +537,10 @@ def market_export(
 
 @market_app.command("specify")
 def market_specify(
-    version: Annotated[str, typer.Argument(help="A version number, or an alias such as champion.")],
+    version: VersionArg,
     texts: Annotated[Path, typer.Option("--texts", help="The version's training texts (e.g. that run's "
                                         "data/processed/labels.parquet): .txt, or CSV/Parquet/JSONL with `text`.")],
-    model: Annotated[str | None, typer.Option(
-        "--model", help="Registered model name (default register.model_name).")] = None,
+    model: ModelOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     root: RootOpt = Path("."),
     set_: SetOpt = None,

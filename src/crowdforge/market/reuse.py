@@ -14,7 +14,7 @@ With a few labels:
 - ``augment`` (the default with labels): feature augmentation, the learnware market's
   ``FeatureAugmentReuser`` (Tan et al. 2024, Beimingwu). A multinomial logistic regression on the
   user's labels over each text's shared-space embedding (:mod:`crowdforge.market.features`) and the
-  top models' log-probabilities: the models' outputs are features the labels learn how far to trust,
+  chosen models' log-probabilities: the models' outputs are features the labels learn how far to trust,
   the embedding lets them correct what the models miss. The L2 strength is chosen by cross-validated
   log-loss on the labels themselves (:func:`fit_augmented`).
 - ``prune``: greedy forward selection of the models whose averaged probabilities score best on the
@@ -47,8 +47,8 @@ from crowdforge.market.catalog import Entry
 from crowdforge.market.spec import density
 
 METHODS = ("average", "select", "prune", "augment")
-#: Candidate inverse L2 strengths for :func:`fit_augmented`; the labels choose among them by
-#: cross-validated log-loss (sklearn's default grid, widened at both ends).
+#: Candidate inverse L2 strengths for :func:`fit_augmented` (1e-3 .. 1e3, half a decade apart); the
+#: labels choose among them by cross-validated log-loss.
 AUGMENT_CS = tuple(float(c) for c in np.logspace(-3, 3, 13))
 AUGMENT_FILE = "augment.json"
 
