@@ -60,7 +60,6 @@ OOD_TOPIC = "games"
 STAGES = ["ingest", "validate", "reputation", "augment", "pretrain", "finetune", "ensemble", "register"]
 SHOTS = (50, 100, 200)
 LABEL_DRAWS = 3
-TOP = 3  # `market reuse --top`'s default
 LEARNERS = ("reuse_augment", "reuse_prune", "finetune_best_match", "base_backbone")
 
 
@@ -233,8 +232,8 @@ def reuse_part(args: argparse.Namespace, res: dict[str, Any]) -> None:
         compatible = [m.entry for m in matches]  # every model predicting the task's classes, closest first
         probs = R.model_probs([R.ensemble_dir(e, cache) for e in compatible], user.texts, classes)
         single = {e.model: accuracy(p, y) for e, p in zip(compatible, probs, strict=True)}
-        _, chosen = R.choose(matches, classes, TOP)  # what `market reuse` takes
-        top = probs[:len(chosen)]
+        _, chosen = R.choose(matches, classes, R.DEFAULT_TOP)  # what `market reuse` takes
+        top = [probs[compatible.index(m.entry)] for m in chosen]
         sel, _ = R.select([m.entry for m in chosen], top, user.x)
         out[domain] = {"n_compatible": len(compatible), "top1_model": compatible[0].model,
                        "top1": single[compatible[0].model], "select_top3": accuracy(sel, y),
@@ -266,7 +265,7 @@ def labels_part(args: argparse.Namespace, res: dict[str, Any]) -> None:
         index = {c: i for i, c in enumerate(classes)}
         y, y_pool = user_df["label"].map(index).to_numpy(), pool["label"].map(index).to_numpy()
         user = user_task(user_df["text"].tolist(), classes)
-        _, chosen = R.choose(search(user, entries)[0], classes, TOP)
+        _, chosen = R.choose(search(user, entries)[0], classes, R.DEFAULT_TOP)
         dirs = [R.ensemble_dir(m.entry, cache) for m in chosen]
         p_user = R.model_probs(dirs, user.texts, classes)
         p_pool = R.model_probs(dirs, pool["text"].tolist(), classes)

@@ -570,7 +570,8 @@ def market_reuse(
                          "models whose average scores best)")] = None,
     labels: Annotated[Path | None, typer.Option(
         "--labels", help="A few labelled texts: CSV/Parquet/JSONL with `text` and `label`.")] = None,
-    top: Annotated[int, typer.Option("--top", help="Models to reuse, closest first.")] = 3,
+    top: Annotated[int | None, typer.Option(
+        "--top", help="Models to reuse, closest first (default: market.reuse.DEFAULT_TOP, 3).")] = None,
     register_as: Annotated[str | None, typer.Option(
         "--register", help="Register the result under this model name (average and prune).")] = None,
     zips: ZipsOpt = None,

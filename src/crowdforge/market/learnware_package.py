@@ -42,9 +42,9 @@ regression distilled from the ensemble (:func:`fit_embedding_head`), an approxim
 fidelity the exporter should measure. A zip written without a head predicts texts only; markets'
 stat checkers then reject it (its ``predict`` raises on vectors), crowdforge's own search does not.
 
-The ``learnware`` import is lazy everywhere (it takes ~15 s) and ``import learnware`` creates
-``~/.learnware`` (``config.py`` derives every path from ``~`` at import); :func:`use_learnware_home`
-(:mod:`crowdforge.market.learnware_home`) keeps all of its files elsewhere.
+The ``learnware`` import is lazy everywhere (it takes ~15 s) and goes through
+:func:`crowdforge.market.learnware_home.import_learnware`, which keeps the package's files out of
+``~/.learnware``.
 """
 
 from __future__ import annotations

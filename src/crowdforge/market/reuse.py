@@ -47,6 +47,7 @@ from crowdforge.market.catalog import Entry
 from crowdforge.market.spec import density
 
 METHODS = ("average", "select", "prune", "augment")
+DEFAULT_TOP = 3  # models reused, closest first (`market reuse --top`)
 #: Candidate inverse L2 strengths for :func:`fit_augmented` (1e-3 .. 1e3, half a decade apart); the
 #: labels choose among them by cross-validated log-loss.
 AUGMENT_CS = tuple(float(c) for c in np.logspace(-3, 3, 13))
@@ -254,11 +255,11 @@ def choose(matches: Sequence[Any], classes: Sequence[str] | None, top: int) -> t
     return classes, chosen
 
 
-def reuse(params: Any, paths: Any, user: Any, method: str | None, top: int, out: Path,
+def reuse(params: Any, paths: Any, user: Any, method: str | None, top: int | None, out: Path,
           labelled: tuple[list[str], list[str]] | None = None, zips: Path | None = None,
           register_as: str | None = None) -> dict[str, Any]:
-    """Search, then build the user's model from the ``top`` closest suitable models that predict the
-    user's classes (:func:`choose`) with ``method`` (default: ``augment`` given
+    """Search, then build the user's model from the ``top`` (:data:`DEFAULT_TOP`) closest suitable
+    models that predict the user's classes (:func:`choose`) with ``method`` (default: ``augment`` given
     labels, else ``average``). Writes ``out/``: the ensemble folder for average/prune,
     ``augment.json`` for augment, ``predictions.csv`` of the user's texts and ``reuse.json``; optionally
     registers an ensemble. Raises ValueError when nothing suitable exists."""
@@ -275,7 +276,7 @@ def reuse(params: Any, paths: Any, user: Any, method: str | None, top: int, out:
     if method in ("select", "augment") and register_as:
         raise ValueError(f"a {method} result is not an ensemble folder: register average or prune results")
     entries, _ = market_entries(params, paths, zips)
-    classes, chosen = choose(search(user, entries)[0], user.classes, top)
+    classes, chosen = choose(search(user, entries)[0], user.classes, top or DEFAULT_TOP)
     cache = paths.cache / "market"
     dirs = [ensemble_dir(m.entry, cache) for m in chosen]
     sources = [m.entry.uri for m in chosen]
@@ -288,6 +289,7 @@ def reuse(params: Any, paths: Any, user: Any, method: str | None, top: int, out:
         if unknown:
             raise ValueError(f"labels {unknown} are not among the classes {classes}")
         y = np.array([classes.index(lab) for lab in labels])
+    if method in ("prune", "augment"):
         labelled_probs = model_probs(dirs, texts, classes)
     if method == "prune":
         keep = prune(labelled_probs, y)
